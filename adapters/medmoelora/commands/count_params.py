@@ -1,0 +1,100 @@
+"""`medmoelora count-params`: trainable and active adapter parameters from a config alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medmoelora.config import PRESETS, AdapterConfig, parse_override
+from medmoelora.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "count-params",
+        help="trainable and active adapter parameters of a preset on a model architecture (no weights loaded)",
+        description="Count trainable and active (top-k aware) adapter parameters on the meta device.",
+    )
+    parser.add_argument("--preset", default="med_moe_lora", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--architecture",
+        default=None,
+        help="llama3-8b, smollm2-135m, or a model directory with a config.json "
+        "(default: llama3-8b for --preset paper, else smollm2-135m)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, value in YAML (e.g. --set top_k=2 --set ranks=[8,16])",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def load_architecture(spec: str):
+    from medmoelora.params import KNOWN_ARCHITECTURES, architecture
+
+    if spec in KNOWN_ARCHITECTURES:
+        return architecture(spec)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"--architecture {spec!r} is neither {' nor '.join(KNOWN_ARCHITECTURES)} nor a directory with config.json"
+        )
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medmoelora.params import PAPER_ACTIVE, PAPER_TRAINABLE, count_parameters
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    config = AdapterConfig.from_preset(args.preset, **overrides)
+    arch_name = args.architecture or ("llama3-8b" if args.preset == "paper" else "smollm2-135m")
+    count = count_parameters(config, load_architecture(arch_name))
+    paper = arch_name == "llama3-8b" and args.preset == "paper"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "architecture": arch_name,
+                    "trainable": count.trainable,
+                    "active": count.active,
+                    "base": count.base,
+                    "experts_per_layer": count.experts_per_layer,
+                    **({"paper_trainable": PAPER_TRAINABLE, "paper_active": PAPER_ACTIVE} if paper else {}),
+                }
+            )
+        )
+        return 0
+    print(f"preset {args.preset} on {arch_name} ({count.base / 1e6:,.1f}M base parameters)")
+    print(f"experts per layer: {_runs(count.experts_per_layer)}")
+    print(
+        f"ranks {list(config.ranks)}, routing {config.routing}, top_k {config.top_k}, "
+        f"{len(config.target_modules)} target modules per layer"
+    )
+    rows = [("trainable", count.trainable, PAPER_TRAINABLE), ("active", count.active, PAPER_ACTIVE)]
+    print(f"{'':10} {'ours':>10}" + (f" {'paper':>10} {'ours/paper':>10}" if paper else ""))
+    for name, ours, reported in rows:
+        line = f"{name:10} {ours / 1e6:>9.1f}M"
+        if paper:
+            line += f" {reported / 1e6:>9.1f}M {ours / reported:>10.2f}"
+        print(line)
+    return 0
+
+
+def _runs(counts: list[int]) -> str:
+    """[2, 2, 2, 8, 8] -> 'layers 0-2: 2, layers 3-4: 8'."""
+    parts, start = [], 0
+    for index in range(1, len(counts) + 1):
+        if index == len(counts) or counts[index] != counts[start]:
+            span = f"{start}" if start == index - 1 else f"{start}-{index - 1}"
+            parts.append(f"layers {span}: {counts[start]}")
+            start = index
+    return ", ".join(parts)

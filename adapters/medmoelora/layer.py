@@ -1,0 +1,208 @@
+"""The mixture-of-LoRA-experts linear layer, with all of a layer's experts fused into one matmul pair."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmoelora.errors import UserError
+
+
+@dataclass
+class RoutingContext:
+    """Per-batch inputs that routing needs beyond the hidden states; one instance shared by all layers.
+
+    The model wrapper (`MoELoRAModel.forward`) fills it before the base model's forward and clears it
+    after, so that the transformers forward signature stays untouched.
+    """
+
+    task_ids: torch.Tensor | None = None  # (B,) long: index into AdapterConfig.task_names
+    domain_labels: torch.Tensor | None = None  # (B,) long: 0 general, 1 medical
+    token_mask: torch.Tensor | None = None  # (B, T) bool: real tokens (not padding)
+    keep_router_probs: bool = False  # keep each layer's router probabilities for the aux losses
+    track_stats: bool = False  # accumulate routing statistics (mean gate, top-1 share)
+
+    def clear(self) -> None:
+        self.task_ids = self.domain_labels = self.token_mask = None
+
+
+class MoELoRALinear(nn.Module):
+    """A frozen linear layer plus a soft mixture of LoRA experts (Med-MoE-LoRA, arXiv 2601.07935).
+
+        h = W0 x + sum_i g_i(x) * (alpha_i / r_i) * B_i A_i x,       g(x) = softmax(W_g x / tau)
+
+    Expert i has its own rank r_i. Instead of looping over experts, A_i are stacked into one
+    ``lora_A`` of shape (R, d_in) and B_i into one ``lora_B`` of shape (d_out, R), R = sum_i r_i; each
+    of the R rank slots knows its expert (``slot_expert``) and scale (``slot_scale``), so the gate of
+    expert i is expanded over its r_i slots and the whole mixture is one matmul pair:
+
+        delta = ((x A^T) * (g[slot_expert] * scale)) B^T
+
+    Routing: ``soft`` (the equation above; optional top-k keeps the k largest gates, renormalised),
+    ``task`` (g = one-hot of the batch's task id: Multi-LoRA), ``none`` (one expert, g = 1: LoRA).
+    The first ``num_base_experts`` experts are base experts, held in their own parameters
+    (``base_A``, ``base_B``) so that the optimiser can give them their own learning rate.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        ranks: list[int],
+        alphas: list[float],
+        context: RoutingContext,
+        routing: str = "soft",
+        top_k: int | None = None,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        num_base_experts: int = 0,
+        dropout: float = 0.0,
+        adapter_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.context = context
+        self.routing = routing
+        self.top_k = top_k
+        self.num_experts = len(ranks)
+        self.num_base_experts = num_base_experts
+        self.ranks = list(ranks)
+        self.alphas = [float(alpha) for alpha in alphas]
+        self.learn_temperature = learn_temperature
+        self.adapter_enabled = True
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        d_in, d_out = base.in_features, base.out_features
+        device = base.weight.device
+        base_rank = sum(ranks[:num_base_experts])
+        specialist_rank = sum(ranks[num_base_experts:])
+
+        def weight(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, device=device, dtype=adapter_dtype))
+
+        self.base_A = weight(base_rank, d_in) if base_rank else None  # (R_base, d_in)
+        self.base_B = weight(d_out, base_rank) if base_rank else None  # (d_out, R_base)
+        self.lora_A = weight(specialist_rank, d_in)  # (R_spec, d_in)
+        self.lora_B = weight(d_out, specialist_rank)  # (d_out, R_spec)
+
+        slot_expert = torch.repeat_interleave(torch.arange(self.num_experts), torch.tensor(ranks))
+        slot_scale = torch.repeat_interleave(
+            torch.tensor([a / r for a, r in zip(alphas, ranks, strict=True)]), torch.tensor(ranks)
+        )
+        self.register_buffer("slot_expert", slot_expert.to(device), persistent=False)  # (R,)
+        self.register_buffer("slot_scale", slot_scale.to(device, adapter_dtype), persistent=False)  # (R,)
+
+        if routing == "soft":
+            # The router runs in fp32 whatever the model's dtype: softmax over bf16 logits is too
+            # coarse to separate experts (MixLoRA's habit).
+            self.router = nn.Linear(d_in, self.num_experts, bias=False, device=device, dtype=torch.float32)
+            self.log_temperature = nn.Parameter(
+                torch.tensor(math.log(temperature), device=device, dtype=torch.float32),
+                requires_grad=learn_temperature,
+            )
+        else:
+            self.router = None
+            self.log_temperature = None
+        self.reset_parameters()
+        self.last_router_probs: torch.Tensor | None = None
+        self.reset_stats()
+
+    def reset_parameters(self) -> None:
+        """A like nn.Linear (Kaiming-uniform), B = 0: every expert starts as a zero update, so the
+        adapted model is exactly the base model at step 0 (as in LoRA)."""
+        for a, b in ((self.base_A, self.base_B), (self.lora_A, self.lora_B)):
+            if a is not None:
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                nn.init.zeros_(b)
+        if self.router is not None:
+            self.router.reset_parameters()
+
+    def reset_stats(self) -> None:
+        self.stat_gate_sum = torch.zeros(self.num_experts, dtype=torch.float64)
+        self.stat_top1_count = torch.zeros(self.num_experts, dtype=torch.float64)
+        self.stat_tokens = 0
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> torch.Tensor | None:
+        return None if self.log_temperature is None else self.log_temperature.exp()
+
+    def fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All experts' A (R, d_in) and B (d_out, R), base experts first."""
+        if self.base_A is None:
+            return self.lora_A, self.lora_B
+        return torch.cat([self.base_A, self.lora_A], dim=0), torch.cat([self.base_B, self.lora_B], dim=1)
+
+    def adapter_params(self) -> dict[str, nn.Parameter]:
+        """The adapter's own parameters (the frozen base layer excluded)."""
+        return {name: p for name, p in self.named_parameters() if not name.startswith("base_layer.")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, d_in) -> (B, T, d_out)."""
+        result = self.base_layer(x)  # (B, T, d_out)
+        if not self.adapter_enabled:
+            return result
+        lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R)
+        hidden = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R)
+        gates = self.gates(x)  # (B, T, N) or (B, 1, N) or None
+        slot_weight = self.slot_scale if gates is None else gates[..., self.slot_expert] * self.slot_scale
+        delta = F.linear(hidden * slot_weight.to(hidden.dtype), lora_B)  # (B, T, R) @ (R, d_out)
+        return result + delta.to(result.dtype)
+
+    # ----------------------------------------------------------------------------------------------
+    def gates(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Expert weights g(x): (B, T, N) for soft routing, (B, 1, N) for task routing, None for LoRA."""
+        if self.routing == "none":
+            return None
+        if self.routing == "task":
+            gates = self._task_gates(x)
+        else:
+            probs = self.router_probs(x)  # (B, T, N), fp32
+            gates = probs if self.top_k is None else _keep_top_k(probs, self.top_k)
+            if self.context.keep_router_probs:
+                self.last_router_probs = probs
+        if self.context.track_stats:
+            self._accumulate_stats(gates.expand(*x.shape[:-1], self.num_experts))
+        return gates
+
+    def router_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(W_g x / tau) in fp32: (B, T, d_in) -> (B, T, N)."""
+        logits = self.router(x.float())  # (B, T, N)
+        return torch.softmax(logits / self.log_temperature.exp(), dim=-1)
+
+    def _task_gates(self, x: torch.Tensor) -> torch.Tensor:
+        task_ids = self.context.task_ids
+        if task_ids is None:
+            raise UserError(
+                "this adapter routes by task (Multi-LoRA) but the batch has no task ids; "
+                "pass task_ids=... to MoELoRAModel.forward or use `with model.routing(task_ids=...)`"
+            )
+        if task_ids.shape[0] != x.shape[0]:
+            raise UserError(f"got {task_ids.shape[0]} task ids for a batch of {x.shape[0]} sequences")
+        one_hot = F.one_hot(task_ids.to(x.device), self.num_experts).float()  # (B, N)
+        return one_hot.view(x.shape[0], *([1] * (x.dim() - 2)), self.num_experts)  # (B, 1, N)
+
+    @torch.no_grad()
+    def _accumulate_stats(self, gates: torch.Tensor) -> None:
+        flat = gates.reshape(-1, self.num_experts).double()  # (B*T, N)
+        mask = self.context.token_mask
+        if mask is not None and mask.numel() == flat.shape[0]:
+            flat = flat[mask.reshape(-1).to(flat.device)]
+        self.stat_gate_sum += flat.sum(0).cpu()
+        self.stat_top1_count += torch.bincount(flat.argmax(-1), minlength=self.num_experts).double().cpu()
+        self.stat_tokens += flat.shape[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"experts={self.num_experts}, ranks={self.ranks}, routing={self.routing}, top_k={self.top_k}, "
+            f"base_experts={self.num_base_experts}"
+        )
+
+
+def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the k largest gates and renormalise them to sum to 1: (B, T, N) -> (B, T, N)."""
+    top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
+    top_values = top_values / top_values.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, top_index, top_values)

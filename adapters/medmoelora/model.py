@@ -1,0 +1,221 @@
+"""Injecting the adapter into a transformers causal LM, and the model-level helpers around it.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    adapted = inject_adapter(model, AdapterConfig.from_preset("med_moe_lora"))
+    out = adapted(input_ids=ids, attention_mask=mask, labels=ids, task_ids=tasks, domain_labels=domains)
+    out.loss.backward()  # in training mode: LM loss + weighted aux losses (out.lm_loss, out.aux_losses)
+
+Injection replaces each targeted ``nn.Linear`` of decoder layer ``l`` with a `MoELoRALinear` whose
+expert count is the schedule's N(l); the base model is modified in place and frozen, so the same
+object can be handed to code that expects a plain transformers model (lm-eval's HFLM, generate()).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from medmoelora.config import DOMAINS, AdapterConfig
+from medmoelora.errors import UserError
+from medmoelora.layer import MoELoRALinear, RoutingContext
+from medmoelora.losses import aux_losses
+
+LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def num_decoder_layers(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    count = getattr(config, "num_hidden_layers", None)
+    if count is None:
+        raise UserError(f"{type(model).__name__} has no config.num_hidden_layers; is it a transformers causal LM?")
+    return int(count)
+
+
+def find_target_linears(model: nn.Module, target_modules: tuple[str, ...]) -> dict[str, tuple[int, nn.Linear]]:
+    """Module path -> (decoder layer index, linear) for every targeted projection inside a decoder layer."""
+    found: dict[str, tuple[int, nn.Linear]] = {}
+    for path, module in model.named_modules():
+        name = path.rsplit(".", 1)[-1]
+        match = LAYER_INDEX.search(path)
+        if name in target_modules and match and isinstance(module, nn.Linear):
+            found[path] = (int(match.group(1)), module)
+    missing = set(target_modules) - {path.rsplit(".", 1)[-1] for path in found}
+    if missing:
+        raise UserError(
+            f"target module(s) {sorted(missing)} not found in {type(model).__name__}'s decoder layers; "
+            "set `target_modules` to projections the model has (Llama family: q_proj ... down_proj)"
+        )
+    return found
+
+
+class MoELoRAModel(nn.Module):
+    """A causal LM with MoE-LoRA layers injected, plus routing inputs, aux losses and helpers.
+
+    ``forward`` takes the base model's arguments plus ``task_ids`` (B,) for task routing and
+    ``domain_labels`` (B,) (0 general, 1 medical) for the knowledge-preservation loss.
+    """
+
+    def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.context = RoutingContext()
+        self.num_layers = num_decoder_layers(model)
+        experts_per_layer = config.experts_per_layer(self.num_layers)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        dtype = next(model.parameters()).dtype
+        adapter_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        self.layer_index: dict[str, int] = {}
+        for path, (layer, linear) in find_target_linears(model, config.target_modules).items():
+            num_experts = experts_per_layer[layer]
+            adapted = MoELoRALinear(
+                linear,
+                ranks=config.expert_ranks(num_experts),
+                alphas=config.expert_alphas(num_experts),
+                context=self.context,
+                routing=config.routing,
+                top_k=config.top_k,
+                temperature=config.temperature,
+                learn_temperature=config.learn_temperature,
+                num_base_experts=config.num_base_experts,
+                dropout=config.dropout,
+                adapter_dtype=adapter_dtype,
+            )
+            model.set_submodule(path, adapted)
+            self.layer_index[path] = layer
+        mark_adapter_trainable(self)
+
+    # ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        *args: object,
+        task_ids: torch.Tensor | None = None,
+        domain_labels: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> object:
+        """The base model's forward with routing inputs. In training mode, when aux losses are on,
+        the output also carries ``lm_loss`` (the model's own loss), ``aux_losses`` (unweighted terms)
+        and ``loss = lm_loss + aux_loss``, so that transformers' Trainer optimises the whole objective."""
+        mask = kwargs.get("attention_mask")
+        with self.routing(task_ids=task_ids, domain_labels=domain_labels, token_mask=mask):
+            output = self.model(*args, **kwargs)
+            if not (self.training and self._has_aux_losses()):
+                return output
+            terms = self.aux_loss_terms(token_mask=mask, domain_labels=domain_labels)
+        output["aux_losses"] = terms
+        if output.get("loss") is not None:
+            output["lm_loss"] = output["loss"]
+            output["loss"] = output["loss"] + self.weighted_aux_loss(terms)
+        return output
+
+    @contextmanager
+    def routing(
+        self,
+        task_ids: torch.Tensor | list[int] | None = None,
+        domain_labels: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Set the batch's routing inputs for every forward inside the block (generate() included)."""
+        if task_ids is not None and not torch.is_tensor(task_ids):
+            task_ids = torch.as_tensor(task_ids, dtype=torch.long)
+        self.context.task_ids = task_ids
+        self.context.domain_labels = domain_labels
+        self.context.token_mask = None if token_mask is None else token_mask.bool()
+        self.context.keep_router_probs = self.training and self._has_aux_losses()
+        try:
+            yield
+        finally:
+            self.context.clear()
+
+    def _has_aux_losses(self) -> bool:
+        config = self.config
+        return config.balance_weight > 0 or config.preservation_weight > 0 or config.base_l2_weight > 0
+
+    def adapter_layers(self) -> dict[str, MoELoRALinear]:
+        return {path: module for path, module in self.model.named_modules() if isinstance(module, MoELoRALinear)}
+
+    # ------------------------------------------------------------------------------------------------
+    def aux_loss_terms(
+        self, token_mask: torch.Tensor | None = None, domain_labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted aux losses from the router probabilities the last training forward kept
+        (see `medmoelora.losses`); frees those probabilities."""
+        layers = list(self.adapter_layers().values())
+        terms = aux_losses(layers, token_mask, domain_labels, delta=self.config.preservation_delta)
+        for layer in layers:
+            layer.last_router_probs = None
+        return terms
+
+    def weighted_aux_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2."""
+        config = self.config
+        return (
+            config.balance_weight * terms["balance"]
+            + config.preservation_weight * terms["preservation"]
+            + config.base_l2_weight * terms["base_l2"]
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Run the untouched base model inside the block."""
+        layers = list(self.adapter_layers().values())
+        for layer in layers:
+            layer.adapter_enabled = False
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.adapter_enabled = True
+
+    def parameter_groups(self, learning_rate: float, weight_decay: float = 0.0) -> list[dict[str, object]]:
+        """Optimizer groups: base experts at ``base_lr_scale`` times the learning rate; routers and
+        temperatures without weight decay."""
+        groups: dict[str, list[nn.Parameter]] = {"base": [], "experts": [], "router": []}
+        for path, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            name = path.rsplit(".", 1)[-1]
+            if name in ("base_A", "base_B"):
+                groups["base"].append(parameter)
+            elif ".router." in path or name == "log_temperature":
+                groups["router"].append(parameter)
+            else:
+                groups["experts"].append(parameter)
+        specs = {
+            "base": (learning_rate * self.config.base_lr_scale, weight_decay),
+            "experts": (learning_rate, weight_decay),
+            "router": (learning_rate, 0.0),
+        }
+        return [
+            {"params": params, "lr": specs[name][0], "weight_decay": specs[name][1], "name": name}
+            for name, params in groups.items()
+            if params
+        ]
+
+
+def mark_adapter_trainable(adapted: MoELoRAModel) -> None:
+    """Only adapter parameters train; a fixed temperature stays fixed."""
+    for layer in adapted.adapter_layers().values():
+        for name, parameter in layer.adapter_params().items():
+            parameter.requires_grad_(name != "log_temperature" or layer.learn_temperature)
+
+
+def trainable_parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def inject_adapter(model: nn.Module, config: AdapterConfig) -> MoELoRAModel:
+    """Inject the adapter that ``config`` describes into ``model`` (in place) and freeze the rest."""
+    return MoELoRAModel(model, config)
+
+
+def domain_index(domain: str) -> int:
+    if domain not in DOMAINS:
+        raise UserError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
+    return DOMAINS.index(domain)

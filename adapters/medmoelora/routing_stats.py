@@ -1,0 +1,83 @@
+"""Routing statistics: how much each expert of each layer is used, and the paper's collapse signature.
+
+Per layer and expert: the mean gate weight over real tokens, and the share of tokens whose top-1
+expert it is (averaged over the layer's adapted modules). The paper's warning sign of expert
+collapse is one expert taking more than 90% of the routing weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from medmoelora.model import MoELoRAModel
+
+COLLAPSE_THRESHOLD = 0.9
+
+
+@contextmanager
+def track_routing(adapted: MoELoRAModel) -> Iterator[None]:
+    """Accumulate routing statistics over every forward inside the block (counters reset on entry)."""
+    for layer in adapted.adapter_layers().values():
+        layer.reset_stats()
+    adapted.context.track_stats = True
+    try:
+        yield
+    finally:
+        adapted.context.track_stats = False
+
+
+def routing_stats(adapted: MoELoRAModel) -> dict[str, Any]:
+    """``{"layers": {l: {"num_experts", "mean_gate": [...], "top1_share": [...]}}, "modules": {...}}``."""
+    modules: dict[str, dict[str, Any]] = {}
+    by_layer: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for path, layer in adapted.adapter_layers().items():
+        if layer.stat_tokens == 0:
+            continue
+        entry = {
+            "layer": adapted.layer_index[path],
+            "routing": layer.routing,
+            "tokens": layer.stat_tokens,
+            "mean_gate": (layer.stat_gate_sum / layer.stat_tokens).tolist(),
+            "top1_share": (layer.stat_top1_count / layer.stat_tokens).tolist(),
+        }
+        modules[path] = entry
+        by_layer[entry["layer"]].append(entry)
+    layers = {}
+    for index, entries in sorted(by_layer.items()):
+        num_experts = len(entries[0]["mean_gate"])
+        layers[index] = {
+            "num_experts": num_experts,
+            "mean_gate": [sum(e["mean_gate"][i] for e in entries) / len(entries) for i in range(num_experts)],
+            "top1_share": [sum(e["top1_share"][i] for e in entries) / len(entries) for i in range(num_experts)],
+        }
+    return {"layers": layers, "modules": modules}
+
+
+def collapsed_modules(stats: dict[str, Any], threshold: float = COLLAPSE_THRESHOLD) -> list[str]:
+    """Soft-routed modules (more than one expert) where one expert has more than ``threshold`` of the
+    weight. Task routing is left out: one task per batch is its design, not a collapse."""
+    found = []
+    for path, entry in stats["modules"].items():
+        gates = entry["mean_gate"]
+        if entry["routing"] == "soft" and len(gates) > 1 and max(gates) > threshold:
+            expert = gates.index(max(gates))
+            found.append(f"{path}: expert {expert} takes {max(gates):.1%} of the routing weight")
+    return found
+
+
+def warn_on_collapse(stats: dict[str, Any], threshold: float = COLLAPSE_THRESHOLD) -> list[str]:
+    """Warn (once, listing every collapsed module) and return the messages."""
+    found = collapsed_modules(stats, threshold)
+    if found:
+        shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+        warnings.warn(
+            f"expert collapse (one expert > {threshold:.0%} of the routing weight) in {len(found)} module(s): "
+            f"{shown}. Raise balance_weight or the router temperature.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return found

@@ -1,0 +1,218 @@
+"""Adapters on disk: ARCHITECTURE.md's public format, and export of plain LoRA to PEFT's format.
+
+``adapter_config.json`` holds the full `AdapterConfig`, the base model id, and every adapted module
+with its layer, shapes, expert count, ranks, alphas and base experts. ``adapter_model.safetensors``
+holds, per adapted module path P (relative to the causal LM, e.g. ``model.layers.0.self_attn.q_proj``):
+
+    P.experts.<i>.lora_A          [r_i, d_in]
+    P.experts.<i>.lora_B          [d_out, r_i]
+    P.router.weight               [N, d_in]     (soft routing only)
+    P.router.log_temperature      []            (soft routing only; tau = exp of it)
+
+In memory the experts are fused (`MoELoRALinear`); on disk they are per expert, so that the file is
+readable without our code and stable when the in-memory layout changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medmoelora.config import AdapterConfig
+from medmoelora.errors import UserError
+from medmoelora.layer import MoELoRALinear
+from medmoelora.model import MoELoRAModel, find_target_linears, inject_adapter, num_decoder_layers
+
+FORMAT_NAME = "medmoelora-adapter"
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+# ---- one layer <-> per-expert tensors ---------------------------------------------------------------
+def layer_to_tensors(layer: MoELoRALinear) -> dict[str, torch.Tensor]:
+    """Split the fused weights into per-expert tensors (the on-disk names, relative to the module)."""
+    lora_A, lora_B = layer.fused_weights()  # (R, d_in), (d_out, R)
+    tensors: dict[str, torch.Tensor] = {}
+    start = 0
+    for expert, rank in enumerate(layer.ranks):
+        tensors[f"experts.{expert}.lora_A"] = lora_A[start : start + rank]  # (r_i, d_in)
+        tensors[f"experts.{expert}.lora_B"] = lora_B[:, start : start + rank]  # (d_out, r_i)
+        start += rank
+    if layer.router is not None:
+        tensors["router.weight"] = layer.router.weight  # (N, d_in)
+        tensors["router.log_temperature"] = layer.log_temperature  # ()
+    return {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
+
+
+@torch.no_grad()
+def load_layer_tensors(layer: MoELoRALinear, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy per-expert tensors into the fused parameters (exact: copies, no arithmetic)."""
+    num_base = layer.num_base_experts
+    offsets = {"base": 0, "lora": 0}
+    for expert, rank in enumerate(layer.ranks):
+        group = "base" if expert < num_base else "lora"
+        fused_A, fused_B = getattr(layer, f"{group}_A"), getattr(layer, f"{group}_B")
+        start = offsets[group]
+        fused_A[start : start + rank].copy_(tensors[f"experts.{expert}.lora_A"])
+        fused_B[:, start : start + rank].copy_(tensors[f"experts.{expert}.lora_B"])
+        offsets[group] += rank
+    if layer.router is not None:
+        layer.router.weight.copy_(tensors["router.weight"])
+        layer.log_temperature.copy_(tensors["router.log_temperature"])
+
+
+def module_spec(layer: MoELoRALinear, layer_index: int) -> dict[str, Any]:
+    return {
+        "layer": layer_index,
+        "in_features": layer.base_layer.in_features,
+        "out_features": layer.base_layer.out_features,
+        "num_experts": layer.num_experts,
+        "ranks": layer.ranks,
+        "alphas": layer.alphas,
+        "base_experts": list(range(layer.num_base_experts)),
+    }
+
+
+# ---- whole adapter -------------------------------------------------------------------------------------
+def save_adapter(adapted: MoELoRAModel, directory: str | Path) -> Path:
+    """Write adapter_config.json and adapter_model.safetensors into ``directory`` (created)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = adapted.config
+    base_model = config.base_model or getattr(getattr(adapted.model, "config", None), "_name_or_path", None)
+    modules, tensors = {}, {}
+    for path, layer in adapted.adapter_layers().items():
+        modules[path] = module_spec(layer, adapted.layer_index[path])
+        for name, tensor in layer_to_tensors(layer).items():
+            tensors[f"{path}.{name}"] = tensor.cpu()
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "method": config.method,
+        "base_model": base_model,
+        "num_layers": adapted.num_layers,
+        "routing": config.routing,
+        "top_k": config.top_k,
+        "task_names": list(config.task_names),
+        "eval_task_map": dict(config.eval_task_map),
+        "config": config.to_dict(),
+        "modules": modules,
+    }
+    _write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _write_atomically(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2) + "\n"))
+    return directory
+
+
+def _write_atomically(target: Path, write: Callable[[str], object]) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written file behind."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        write(str(temporary))
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The adapter_config.json of a saved adapter, with a clear error for anything else."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise UserError(f"adapter directory {directory} does not exist; pass the directory a training run saved")
+    if not config_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise UserError(f"{directory} is not a saved adapter: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        header = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if header.get("format") != FORMAT_NAME:
+        hint = " (a PEFT adapter: load it with peft.PeftModel)" if "peft_type" in header else ""
+        raise UserError(f"{config_path} is not a {FORMAT_NAME} config{hint}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{config_path} has format_version {header.get('format_version')}; this medmoelora reads {FORMAT_VERSION}"
+        )
+    return header
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> MoELoRAModel:
+    """Inject the saved adapter into ``model`` (in place) and load its weights bit-exactly."""
+    directory = Path(directory)
+    header = read_adapter_config(directory)
+    config = AdapterConfig.from_dict(header["config"])
+    _check_base_model(model, header, directory)
+    adapted = inject_adapter(model, config)
+    tensors = load_file(str(directory / WEIGHTS_FILE))
+    layers = adapted.adapter_layers()
+    for path, layer in layers.items():
+        prefix = f"{path}."
+        own = {name[len(prefix) :]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+        expected = layer_to_tensors(layer)
+        if own.keys() != expected.keys():
+            raise UserError(f"{directory / WEIGHTS_FILE} does not match its config at {path}: tensors differ")
+        load_layer_tensors(layer, own)
+    return adapted
+
+
+def _check_base_model(model: nn.Module, header: dict[str, Any], directory: Path) -> None:
+    """Fail with one line when the adapter was made for a base model of other shapes."""
+    made_for = header.get("base_model") or "another base model"
+    if num_decoder_layers(model) != header["num_layers"]:
+        raise UserError(
+            f"adapter {directory} was made for {made_for} with {header['num_layers']} decoder layers, but this "
+            f"base model has {num_decoder_layers(model)}; load it onto the base model it was trained on"
+        )
+    linears = find_target_linears(model, tuple(header["config"]["target_modules"]))
+    for path, spec in header["modules"].items():
+        if path not in linears:
+            raise UserError(f"adapter {directory} adapts {path}, which this base model lacks; load it onto {made_for}")
+        linear = linears[path][1]
+        if (linear.in_features, linear.out_features) != (spec["in_features"], spec["out_features"]):
+            raise UserError(
+                f"adapter {directory} was made for {made_for}: {path} is {spec['in_features']}->{spec['out_features']} "
+                f"there but {linear.in_features}->{linear.out_features} here; load it onto the base model it was "
+                "trained on"
+            )
+
+
+# ---- PEFT export -----------------------------------------------------------------------------------------
+def export_peft(adapted: MoELoRAModel, directory: str | Path) -> Path:
+    """Write a plain-LoRA adapter in PEFT's own format (``PeftModel.from_pretrained`` loads it)."""
+    from peft import LoraConfig
+
+    config = adapted.config
+    layers = adapted.adapter_layers()
+    if config.routing != "none" or any(layer.num_experts != 1 for layer in layers.values()):
+        raise UserError(
+            f"only a plain LoRA adapter (preset 'lora': one expert, routing 'none') exports to PEFT; "
+            f"this one is {config.method!r} with routing {config.routing!r}"
+        )
+    rank = config.ranks[0]
+    alpha = config.expert_alphas(1)[0]
+    base_model = config.base_model or getattr(getattr(adapted.model, "config", None), "_name_or_path", None)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+    ).save_pretrained(str(directory))
+    tensors = {}
+    for path, layer in layers.items():
+        lora_A, lora_B = layer.fused_weights()
+        tensors[f"base_model.model.{path}.lora_A.weight"] = lora_A.detach().contiguous().cpu()
+        tensors[f"base_model.model.{path}.lora_B.weight"] = lora_B.detach().contiguous().cpu()
+    _write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    return directory
