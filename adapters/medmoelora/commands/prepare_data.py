@@ -1,0 +1,84 @@
+"""`medmoelora prepare-data`: raw release files or the Hugging Face Hub -> data/processed/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from medmoelora.data.prepare import GENERAL_TASKS, Options, check_out, prepare
+from medmoelora.data.sources import read_hub, read_raw
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `prepare-data` parser."""
+    parser = subparsers.add_parser(
+        "prepare-data",
+        help="normalise MedQA, PubMedQA, GSM8K, MMLU and MedMCQA into OUT/<task>/<split>.jsonl",
+        description=(
+            "Read the benchmark data (raw release files, or the Hugging Face Hub), write one normalised "
+            "record a line to OUT/<task>/<split>.jsonl, drop training questions that appear in an "
+            "evaluation set, and write OUT/manifest.json. OUT is replaced only when everything succeeded."
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--raw-dir", type=Path, help="directory of the raw release files (shared/data/raw)")
+    source.add_argument(
+        "--from-hub",
+        action="store_true",
+        help="load from the Hugging Face Hub (MedQA and MedMCQA train splits replace their dev sets)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("data/processed"), help="output directory")
+    parser.add_argument(
+        "--general-task",
+        choices=GENERAL_TASKS,
+        default="gsm8k",
+        help="general-domain knowledge-preservation training set: gsm8k/train, mmlu dev+validation "
+        "(written as mmlu/train), or none (default: gsm8k)",
+    )
+    parser.add_argument(
+        "--pubmedqa-validation",
+        type=int,
+        default=50,
+        metavar="N",
+        help="non-test PubMedQA questions held out as pubmedqa/validation (default: 50)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the PubMedQA validation draw")
+    parser.add_argument(
+        "--pubmedqa-test-ids",
+        type=Path,
+        metavar="FILE",
+        help="with --from-hub: a local PubMedQA test_ground_truth.json (default: the pinned GitHub copy)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _progress(items: Iterable, desc: str) -> Iterator:
+    """A tqdm bar on stderr; `disable=None` hides it when stderr is not a terminal (logs, CI)."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=desc, unit="file", leave=False, disable=None, file=sys.stderr))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, split, decontaminate and write; print a count summary."""
+    check_out(args.out)  # fail before minutes of Hub downloads, not after
+    if args.from_hub:
+        sources = read_hub(args.pubmedqa_test_ids, progress=lambda xs: _progress(xs, "hub datasets"))
+        options = Options("hub", None, args.general_task, args.pubmedqa_validation, args.seed)
+    else:
+        print(f"prepare-data: reading {args.raw_dir}", file=sys.stderr)
+        sources = read_raw(args.raw_dir, progress=lambda xs: _progress(xs, "mmlu csv"))
+        options = Options("raw", str(args.raw_dir), args.general_task, args.pubmedqa_validation, args.seed)
+    manifest = prepare(sources, args.out, options, progress=lambda xs: _progress(xs, "writing"))
+    for name, entry in manifest["files"].items():
+        print(f"prepare-data: {name:<26} {entry['records']:>7} records", file=sys.stderr)
+    check = manifest["overlap_check"]
+    print(
+        f"prepare-data: dropped {check['dropped_total']} contaminated training records "
+        f"{check['dropped']}; final overlap {check['final_overlap']}",
+        file=sys.stderr,
+    )
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,85 @@
+"""Train/eval contamination check: no training question may reappear in an evaluation set.
+
+Two keys per question: the exact text, and a normalised text (Unicode NFKC, lowercase, punctuation
+stripped to spaces, whitespace collapsed) that also catches copies differing only in case, quotes or spacing.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+# The field that holds the question text in each task's schema.
+QUESTION_FIELD = {"medqa": "sent1", "pubmedqa": "QUESTION", "gsm8k": "question", "mmlu": "question",
+                  "medmcqa": "question"}  # fmt: skip
+METHOD = (
+    "a training record is dropped if its question text equals an evaluation question exactly, or after "
+    "normalisation (Unicode NFKC, lowercase, every Unicode punctuation character replaced by a space, "
+    "whitespace collapsed)"
+)
+_SPACE = re.compile(r"\s+")
+
+
+def question(record: Record) -> str:
+    """The question text of a record of any task."""
+    return record[QUESTION_FIELD[record["task_id"]]]
+
+
+def normalize(text: str) -> str:
+    """NFKC, lowercase, Unicode punctuation -> space (so "risk-factor" == "risk factor"), collapse spaces."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return _SPACE.sub(" ", text).strip()
+
+
+@dataclass
+class EvalIndex:
+    """The evaluation questions by exact and by normalised text, each mapped to one evaluation id."""
+
+    exact: dict[str, str] = field(default_factory=dict)
+    normalized: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, eval_records: list[Record]) -> EvalIndex:
+        index = cls()
+        for record in eval_records:
+            text = question(record)
+            index.exact.setdefault(text, record["id"])
+            if key := normalize(text):  # an all-punctuation question must not match everything
+                index.normalized.setdefault(key, record["id"])
+        return index
+
+    def match(self, record: Record) -> tuple[str, str] | None:
+        """(kind, evaluation id) of the first hit, kind 'exact' or 'normalized'; None if clean."""
+        text = question(record)
+        if text in self.exact:
+            return "exact", self.exact[text]
+        key = normalize(text)
+        if key and key in self.normalized:
+            return "normalized", self.normalized[key]
+        return None
+
+
+def drop_overlap(records: list[Record], index: EvalIndex) -> tuple[list[Record], dict[str, Any]]:
+    """Keep the records whose question is in no evaluation set; report what was dropped and why."""
+    kept, dropped = [], []
+    counts = {"exact": 0, "normalized": 0}
+    for record in records:
+        hit = index.match(record)
+        if hit is None:
+            kept.append(record)
+            continue
+        counts[hit[0]] += 1
+        dropped.append({"id": record["id"], "match": hit[0], "eval_id": hit[1]})
+    report = {"before": len(records), "dropped": len(dropped), **counts, "after": len(kept),
+              "dropped_records": dropped}  # fmt: skip
+    return kept, report
+
+
+def count_overlap(records: list[Record], index: EvalIndex) -> int:
+    """How many records still collide with the evaluation sets (must be 0 after `drop_overlap`)."""
+    return sum(index.match(record) is not None for record in records)

@@ -1,0 +1,190 @@
+"""Turn the read sources into OUT/<task>/<split>.jsonl plus OUT/manifest.json, atomically.
+
+Record order follows the source files (the Hub's order too), so that lm-eval's few-shot samplers pick
+the same examples as the built-in tasks; the seed only draws PubMedQA's validation questions, and the
+training code shuffles. Nothing here reads a clock or an absolute path, so reruns are byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medmoelora.data.overlap import METHOD, EvalIndex, count_overlap, drop_overlap
+from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS, SCHEMA_VERSION, Record, Sources
+from medmoelora.errors import UserError
+
+Split = tuple[str, str]
+EVAL_SPLITS: tuple[Split, ...] = (
+    ("medqa", "test"),
+    ("pubmedqa", "test"),
+    ("gsm8k", "test"),
+    ("mmlu", "test"),
+)
+MEDICAL_TRAIN: tuple[Split, ...] = (("medqa", "train"), ("medmcqa", "train"), ("pubmedqa", "train"))
+GENERAL_TASKS = ("gsm8k", "mmlu", "none")
+# Line breaks that json.dumps(ensure_ascii=False) leaves raw but str.splitlines() splits at; escaping
+# them keeps one record a line for every reader (the decoded text is unchanged).
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the manifest records about how the data was made (no output path: it may move)."""
+
+    source: str  # "raw" or "hub"
+    raw_dir: str | None
+    general_task: str = "gsm8k"
+    pubmedqa_validation: int = 50
+    seed: int = 0
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace anything but a missing/empty directory or an earlier prepare-data output."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise UserError(f"{out}: --out is a non-empty directory without manifest.json; refusing to replace it")
+
+
+def _split_pubmedqa(sources: Sources, options: Options) -> dict[Split, list[Record]]:
+    """Official 500 test PMIDs -> test; the other labelled questions -> train + seeded validation."""
+    labeled = {record["id"].removeprefix("pubmedqa-"): record for record in sources.records["pubmedqa", "labeled"]}
+    test = []
+    for pmid, label in sources.pubmedqa_test_ids.items():
+        if pmid not in labeled:
+            raise UserError(f"PubMedQA test PMID {pmid} is not among the labelled questions; use matching files")
+        if labeled[pmid]["final_decision"] != label:
+            raise UserError(f"PubMedQA PMID {pmid}: test label {label!r} differs from ori_pqal's; re-download")
+        test.append(labeled[pmid])
+    pool = [record for pmid, record in labeled.items() if pmid not in sources.pubmedqa_test_ids]
+    if not 0 <= options.pubmedqa_validation < len(pool):
+        raise UserError(
+            f"--pubmedqa-validation {options.pubmedqa_validation} must be in 0..{len(pool) - 1} "
+            f"({len(pool)} non-test PubMedQA questions)"
+        )
+    chosen = set(random.Random(options.seed).sample(range(len(pool)), options.pubmedqa_validation))
+    return {
+        ("pubmedqa", "test"): test,
+        ("pubmedqa", "train"): [r for i, r in enumerate(pool) if i not in chosen],
+        ("pubmedqa", "validation"): [r for i, r in enumerate(pool) if i in chosen],
+    }
+
+
+def build_splits(sources: Sources, options: Options) -> tuple[dict[Split, list[Record]], list[Split]]:
+    """All output splits, and the training splits that the contamination check filters."""
+    records = sources.records
+    # Offline there is no MedQA/MedMCQA train release: their dev sets stand in (see SOURCES.md).
+    splits: dict[Split, list[Record]] = {
+        ("medqa", "test"): records["medqa", "test"],
+        ("medqa", "train"): records.get(("medqa", "train")) or records["medqa", "dev"],
+        ("medmcqa", "train"): records.get(("medmcqa", "train")) or records["medmcqa", "validation"],
+        # gsm8k/train is always written: it is also lm-eval's gsm8k few-shot split.
+        ("gsm8k", "train"): records["gsm8k", "train"],
+        ("gsm8k", "test"): records["gsm8k", "test"],
+        **{("mmlu", split): records["mmlu", split] for split in ("dev", "validation", "test")},
+        **_split_pubmedqa(sources, options),
+    }
+    training = [*MEDICAL_TRAIN, ("pubmedqa", "validation"), ("gsm8k", "train")]
+    if options.general_task == "mmlu":
+        splits["mmlu", "train"] = records["mmlu", "dev"] + records["mmlu", "validation"]
+        training.append(("mmlu", "train"))
+    return splits, training
+
+
+def _name(split: Split) -> str:
+    return f"{split[0]}/{split[1]}"
+
+
+def _write_jsonl(path: Path, records: list[Record]) -> dict[str, Any]:
+    digest, size = hashlib.sha256(), 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        for record in records:
+            line = (json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS) + "\n").encode("utf-8")
+            digest.update(line)
+            size += len(line)
+            handle.write(line)
+    return {"records": len(records), "sha256": digest.hexdigest(), "bytes": size}
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished tmp directory to OUT; an earlier OUT is removed only once the new one is in."""
+    check_out(out)
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()  # only the unique name is wanted
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)  # put the earlier good output back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(
+    sources: Sources, out: Path, options: Options, progress: Callable[[Iterable], Iterator] = iter
+) -> dict[str, Any]:
+    """Split, decontaminate, write every file and the manifest; return the manifest."""
+    splits, training = build_splits(sources, options)
+    index = EvalIndex.build([record for split in EVAL_SPLITS for record in splits[split]])
+    per_split = {}
+    for split in training:
+        splits[split], per_split[_name(split)] = drop_overlap(splits[split], index)
+    final = sum(count_overlap(splits[split], index) for split in training)
+    if final:  # drop_overlap removed every hit, so this is a bug, not a data problem
+        raise RuntimeError(f"contamination check left {final} overlapping training records")
+    dropped: dict[str, int] = {}
+    for split in training:
+        dropped[split[0]] = dropped.get(split[0], 0) + per_split[_name(split)]["dropped"]
+
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        files = {}
+        for split in progress(sorted(splits)):
+            files[f"{_name(split)}.jsonl"] = _write_jsonl(tmp / f"{_name(split)}.jsonl", splits[split])
+        counts: dict[str, dict[str, int]] = {}
+        for task, split in sorted(splits):
+            counts.setdefault(task, {})[split] = len(splits[task, split])
+        general = [] if options.general_task == "none" else [(options.general_task, "train")]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "generator": "medmoelora prepare-data",
+            "options": asdict(options),
+            "sources": sources.files,
+            "counts": counts,
+            "files": files,
+            "evaluation_sets": [_name(s) for s in EVAL_SPLITS],
+            "training_mixture": [_name(s) for s in (*MEDICAL_TRAIN, *general)],
+            "mmlu_medical_subjects": list(MMLU_MEDICAL_SUBJECTS),
+            "overlap_check": {
+                "method": METHOD,
+                "evaluation_sets": [_name(s) for s in EVAL_SPLITS],
+                "training_splits": [_name(s) for s in training],
+                "dropped": dropped,
+                "dropped_total": sum(dropped.values()),
+                "per_split": per_split,
+                "final_overlap": final,
+            },
+        }
+        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        (tmp / "manifest.json").write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the output should read like any directory
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
