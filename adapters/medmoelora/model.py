@@ -62,7 +62,9 @@ class MoELoRAModel(nn.Module):
     def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
         self.model = model
-        self.config = config
+        # Not `config`: code that handles transformers models (Trainer, lm-eval) reads `.config` as the
+        # model's PretrainedConfig; `MoELoRAModel.config` forwards to it.
+        self.adapter_config = config
         self.context = RoutingContext()
         self.num_layers = num_decoder_layers(model)
         experts_per_layer = config.experts_per_layer(self.num_layers)
@@ -89,6 +91,10 @@ class MoELoRAModel(nn.Module):
             model.set_submodule(path, adapted)
             self.layer_index[path] = layer
         mark_adapter_trainable(self)
+
+    @property
+    def config(self) -> object:
+        return self.model.config
 
     # ------------------------------------------------------------------------------------------------
     def forward(
@@ -133,7 +139,7 @@ class MoELoRAModel(nn.Module):
             self.context.clear()
 
     def _has_aux_losses(self) -> bool:
-        config = self.config
+        config = self.adapter_config
         return config.balance_weight > 0 or config.preservation_weight > 0 or config.base_l2_weight > 0
 
     def adapter_layers(self) -> dict[str, MoELoRALinear]:
@@ -146,14 +152,14 @@ class MoELoRAModel(nn.Module):
         """Unweighted aux losses from the router probabilities the last training forward kept
         (see `medmoelora.losses`); frees those probabilities."""
         layers = list(self.adapter_layers().values())
-        terms = aux_losses(layers, token_mask, domain_labels, delta=self.config.preservation_delta)
+        terms = aux_losses(layers, token_mask, domain_labels, delta=self.adapter_config.preservation_delta)
         for layer in layers:
             layer.last_router_probs = None
         return terms
 
     def weighted_aux_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2."""
-        config = self.config
+        config = self.adapter_config
         return (
             config.balance_weight * terms["balance"]
             + config.preservation_weight * terms["preservation"]
@@ -188,7 +194,7 @@ class MoELoRAModel(nn.Module):
             else:
                 groups["experts"].append(parameter)
         specs = {
-            "base": (learning_rate * self.config.base_lr_scale, weight_decay),
+            "base": (learning_rate * self.adapter_config.base_lr_scale, weight_decay),
             "experts": (learning_rate, weight_decay),
             "router": (learning_rate, 0.0),
         }

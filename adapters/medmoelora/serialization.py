@@ -86,7 +86,7 @@ def save_adapter(adapted: MoELoRAModel, directory: str | Path) -> Path:
     """Write adapter_config.json and adapter_model.safetensors into ``directory`` (created)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = adapted.config
+    config = adapted.adapter_config
     base_model = config.base_model or getattr(getattr(adapted.model, "config", None), "_name_or_path", None)
     modules, tensors = {}, {}
     for path, layer in adapted.adapter_layers().items():
@@ -188,7 +188,7 @@ def export_peft(adapted: MoELoRAModel, directory: str | Path) -> Path:
     """Write a plain-LoRA adapter in PEFT's own format (``PeftModel.from_pretrained`` loads it)."""
     from peft import LoraConfig
 
-    config = adapted.config
+    config = adapted.adapter_config
     layers = adapted.adapter_layers()
     if config.routing != "none" or any(layer.num_experts != 1 for layer in layers.values()):
         raise UserError(
