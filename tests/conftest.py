@@ -25,3 +25,11 @@ def batch():
     attention_mask = torch.ones_like(input_ids)
     attention_mask[0, :3] = 0  # one left-padded sequence
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The `tiny` spec (random tiny Llama, SmolLM2 tokenizer) materialised once per session: a plain HF directory."""
+    from medmoelora.models import materialize
+
+    return materialize("tiny", tmp_path_factory.mktemp("models") / "tiny").path
