@@ -14,8 +14,10 @@ from medmoelora.errors import UserError
 
 # Imported lazily so that `medmoelora --help` does not pay for torch/transformers imports.
 SUBCOMMAND_MODULES = (
+    "medmoelora.commands.materialize_model",
     "medmoelora.commands.count_params",
     "medmoelora.commands.prepare_data",
+    "medmoelora.commands.train",
 )
 
 

@@ -120,9 +120,14 @@ class MoELoRALinear(nn.Module):
             self.router.reset_parameters()
 
     def reset_stats(self) -> None:
-        self.stat_gate_sum = torch.zeros(self.num_experts, dtype=torch.float64)
-        self.stat_top1_count = torch.zeros(self.num_experts, dtype=torch.float64)
-        self.stat_tokens = 0
+        # Counters live on the device and are only read on request: no host sync in the forward pass.
+        self.stat_gate_sum: torch.Tensor | None = None  # (N,)
+        self.stat_top1_count: torch.Tensor | None = None  # (N,)
+        self.stat_token_count: torch.Tensor | None = None  # ()
+
+    @property
+    def stat_tokens(self) -> int:
+        return 0 if self.stat_token_count is None else int(self.stat_token_count)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -187,12 +192,18 @@ class MoELoRALinear(nn.Module):
     @torch.no_grad()
     def _accumulate_stats(self, gates: torch.Tensor) -> None:
         flat = gates.reshape(-1, self.num_experts).double()  # (B*T, N)
+        weight = torch.ones(flat.shape[0], dtype=flat.dtype, device=flat.device)  # (B*T,): 1 real, 0 padding
         mask = self.context.token_mask
-        if mask is not None and mask.numel() == flat.shape[0]:
-            flat = flat[mask.reshape(-1).to(flat.device)]
-        self.stat_gate_sum += flat.sum(0).cpu()
-        self.stat_top1_count += torch.bincount(flat.argmax(-1), minlength=self.num_experts).double().cpu()
-        self.stat_tokens += flat.shape[0]
+        if mask is not None and mask.numel() == flat.shape[0]:  # not during cached decoding
+            weight = mask.reshape(-1).to(flat)
+        top1 = F.one_hot(flat.argmax(-1), self.num_experts).to(flat)  # (B*T, N)
+        if self.stat_gate_sum is None:
+            self.stat_gate_sum = flat.new_zeros(self.num_experts)
+            self.stat_top1_count = flat.new_zeros(self.num_experts)
+            self.stat_token_count = flat.new_zeros(())
+        self.stat_gate_sum += weight @ flat
+        self.stat_top1_count += weight @ top1
+        self.stat_token_count += weight.sum()
 
     def extra_repr(self) -> str:
         return (

@@ -59,6 +59,10 @@ class MoELoRAModel(nn.Module):
     ``domain_labels`` (B,) (0 general, 1 medical) for the knowledge-preservation loss.
     """
 
+    # The aux losses are per-batch means, so transformers' Trainer must average the loss over
+    # gradient-accumulation steps itself rather than pass num_items_in_batch to the model.
+    accepts_loss_kwargs = False
+
     def __init__(self, model: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
         self.model = model

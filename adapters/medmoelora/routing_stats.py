@@ -33,28 +33,52 @@ def track_routing(adapted: MoELoRAModel) -> Iterator[None]:
 def routing_stats(adapted: MoELoRAModel) -> dict[str, Any]:
     """``{"layers": {l: {"num_experts", "mean_gate": [...], "top1_share": [...]}}, "modules": {...}}``."""
     modules: dict[str, dict[str, Any]] = {}
-    by_layer: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for path, layer in adapted.adapter_layers().items():
         if layer.stat_tokens == 0:
             continue
-        entry = {
+        modules[path] = {
             "layer": adapted.layer_index[path],
             "routing": layer.routing,
             "tokens": layer.stat_tokens,
-            "mean_gate": (layer.stat_gate_sum / layer.stat_tokens).tolist(),
-            "top1_share": (layer.stat_top1_count / layer.stat_tokens).tolist(),
+            "mean_gate": (layer.stat_gate_sum / layer.stat_token_count).tolist(),
+            "top1_share": (layer.stat_top1_count / layer.stat_token_count).tolist(),
         }
-        modules[path] = entry
+    return {"layers": summarize_layers(modules), "modules": modules}
+
+
+def summarize_layers(modules: dict[str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per decoder layer: each expert's mean gate and top-1 share, averaged over the layer's modules."""
+    by_layer: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for entry in modules.values():
         by_layer[entry["layer"]].append(entry)
-    layers = {}
-    for index, entries in sorted(by_layer.items()):
-        num_experts = len(entries[0]["mean_gate"])
-        layers[index] = {
-            "num_experts": num_experts,
-            "mean_gate": [sum(e["mean_gate"][i] for e in entries) / len(entries) for i in range(num_experts)],
-            "top1_share": [sum(e["top1_share"][i] for e in entries) / len(entries) for i in range(num_experts)],
+    return {
+        index: {
+            "num_experts": len(entries[0]["mean_gate"]),
+            "mean_gate": _mean_lists([e["mean_gate"] for e in entries], [1] * len(entries)),
+            "top1_share": _mean_lists([e["top1_share"] for e in entries], [1] * len(entries)),
         }
-    return {"layers": layers, "modules": modules}
+        for index, entries in sorted(by_layer.items())
+    }
+
+
+def merge_routing_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Token-weighted merge of several `routing_stats` results of one adapter (e.g. one per task)."""
+    modules: dict[str, dict[str, Any]] = {}
+    for path in all_stats[0]["modules"] if all_stats else ():
+        entries = [stats["modules"][path] for stats in all_stats]
+        weights = [entry["tokens"] for entry in entries]
+        modules[path] = dict(
+            entries[0],
+            tokens=sum(weights),
+            mean_gate=_mean_lists([e["mean_gate"] for e in entries], weights),
+            top1_share=_mean_lists([e["top1_share"] for e in entries], weights),
+        )
+    return {"layers": summarize_layers(modules), "modules": modules}
+
+
+def _mean_lists(lists: list[list[float]], weights: list[float]) -> list[float]:
+    total = sum(weights)
+    return [sum(w * values[i] for values, w in zip(lists, weights, strict=True)) / total for i in range(len(lists[0]))]
 
 
 def collapsed_modules(stats: dict[str, Any], threshold: float = COLLAPSE_THRESHOLD) -> list[str]:

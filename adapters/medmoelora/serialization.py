@@ -145,21 +145,26 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
 
 def load_adapter(model: nn.Module, directory: str | Path) -> MoELoRAModel:
     """Inject the saved adapter into ``model`` (in place) and load its weights bit-exactly."""
+    header = read_adapter_config(directory)
+    _check_base_model(model, header, Path(directory))
+    adapted = inject_adapter(model, AdapterConfig.from_dict(header["config"]))
+    load_adapter_weights(adapted, directory)
+    return adapted
+
+
+def load_adapter_weights(adapted: MoELoRAModel, directory: str | Path) -> None:
+    """Copy a saved adapter's weights into an injected model of the same config (e.g. to resume)."""
     directory = Path(directory)
     header = read_adapter_config(directory)
-    config = AdapterConfig.from_dict(header["config"])
-    _check_base_model(model, header, directory)
-    adapted = inject_adapter(model, config)
+    if AdapterConfig.from_dict(header["config"]) != adapted.adapter_config:
+        raise UserError(f"adapter {directory} was saved with another adapter config than this model's")
     tensors = load_file(str(directory / WEIGHTS_FILE))
-    layers = adapted.adapter_layers()
-    for path, layer in layers.items():
+    for path, layer in adapted.adapter_layers().items():
         prefix = f"{path}."
         own = {name[len(prefix) :]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
-        expected = layer_to_tensors(layer)
-        if own.keys() != expected.keys():
+        if own.keys() != layer_to_tensors(layer).keys():
             raise UserError(f"{directory / WEIGHTS_FILE} does not match its config at {path}: tensors differ")
         load_layer_tensors(layer, own)
-    return adapted
 
 
 def _check_base_model(model: nn.Module, header: dict[str, Any], directory: Path) -> None:

@@ -1,0 +1,1 @@
+"""Multi-task training of every method with transformers' Trainer (Accelerate underneath)."""
