@@ -36,11 +36,12 @@ class MoELoRALinear(nn.Module):
         h = W0 x + sum_i g_i(x) * (alpha_i / r_i) * B_i A_i x,       g(x) = softmax(W_g x / tau)
 
     Expert i has its own rank r_i. Instead of looping over experts, A_i are stacked into one
-    ``lora_A`` of shape (R, d_in) and B_i into one ``lora_B`` of shape (d_out, R), R = sum_i r_i; each
-    of the R rank slots knows its expert (``slot_expert``) and scale (``slot_scale``), so the gate of
-    expert i is expanded over its r_i slots and the whole mixture is one matmul pair:
+    ``lora_A`` of shape (R, d_in) and B_i into one ``lora_B`` of shape (d_out, R), R = sum_i r_i. A
+    fixed (N, R) matrix ``gate_to_slot`` holds alpha_i / r_i in expert i's r_i rank slots and zeros
+    elsewhere, so ``g @ gate_to_slot`` expands each gate, scaled, over its expert's slots, and the
+    whole mixture is one matmul pair:
 
-        delta = ((x A^T) * (g[slot_expert] * scale)) B^T
+        delta = ((x A^T) * (g @ gate_to_slot)) B^T
 
     Routing: ``soft`` (the equation above; optional top-k keeps the k largest gates, renormalised),
     ``task`` (g = one-hot of the batch's task id: Multi-LoRA), ``none`` (one expert, g = 1: LoRA).
@@ -87,11 +88,12 @@ class MoELoRALinear(nn.Module):
         self.lora_A = weight(specialist_rank, d_in)  # (R_spec, d_in)
         self.lora_B = weight(d_out, specialist_rank)  # (d_out, R_spec)
 
-        slot_expert = torch.repeat_interleave(torch.arange(self.num_experts), torch.tensor(ranks))
-        slot_scale = torch.repeat_interleave(
-            torch.tensor([a / r for a, r in zip(alphas, ranks, strict=True)]), torch.tensor(ranks)
-        )
-        self.register_buffer("slot_expert", slot_expert.to(device), persistent=False)  # (R,)
+        slot_expert = torch.repeat_interleave(torch.arange(self.num_experts), torch.tensor(ranks))  # (R,)
+        slot_scale = torch.tensor([alpha / rank for alpha, rank in zip(alphas, ranks, strict=True)])[slot_expert]
+        gate_to_slot = torch.zeros(self.num_experts, len(slot_expert))  # (N, R)
+        gate_to_slot[slot_expert, torch.arange(len(slot_expert))] = slot_scale
+        # A matmul rather than an index: its backward is a matmul too, where an index's is a slow scatter-add.
+        self.register_buffer("gate_to_slot", gate_to_slot.to(device, adapter_dtype), persistent=False)  # (N, R)
         self.register_buffer("slot_scale", slot_scale.to(device, adapter_dtype), persistent=False)  # (R,)
 
         if routing == "soft":
@@ -152,8 +154,9 @@ class MoELoRALinear(nn.Module):
         lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R)
         hidden = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R)
         gates = self.gates(x)  # (B, T, N) or (B, 1, N) or None
-        slot_weight = self.slot_scale if gates is None else gates[..., self.slot_expert] * self.slot_scale
-        delta = F.linear(hidden * slot_weight.to(hidden.dtype), lora_B)  # (B, T, R) @ (R, d_out)
+        # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
+        slot_weight = self.slot_scale if gates is None else gates.to(hidden.dtype) @ self.gate_to_slot
+        delta = F.linear(hidden * slot_weight, lora_B)  # (B, T, R) @ (R, d_out) -> (B, T, d_out)
         return result + delta.to(result.dtype)
 
     # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # less activation memory, about a third more compute
     precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     loggers: tuple[str, ...] = ("csv",)  # csv (always cheap) and/or tensorboard
-    routing_stats_examples: int = 32  # per task, for routing_stats.json after training
+    routing_stats_examples: int = 16  # per task, for routing_stats.json after training (a forward pass each)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))

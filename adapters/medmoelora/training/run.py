@@ -100,8 +100,10 @@ def _train_and_write(
         return {}
     adapted.eval()
     save_adapter(adapted, out)
-    stats = _routing_stats_by_task(adapted, examples, training.routing_stats_examples, training.batch_size)
-    warn_on_collapse(stats["overall"])
+    stats = {"by_task": {}, "overall": {"layers": {}, "modules": {}}}  # LoRA: one expert, nothing routed
+    if config.adapter.routing != "none":
+        stats = _routing_stats_by_task(adapted, examples, training.routing_stats_examples, training.batch_size)
+        warn_on_collapse(stats["overall"])
     (out / "routing_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     tokens = int(trainer.state.num_input_tokens_seen) - int(tokens_before)
     metrics = {
