@@ -1,0 +1,160 @@
+"""Layer microbenchmark: the fused MoE-LoRA layer against the anchors' per-expert loop and PEFT's LoRA.
+
+Forward + backward of one adapted linear layer (base included, input requiring grad as inside a model),
+fp32, 2048 tokens, at SmolLM2-135M's shapes. The three implementations are timed side by side in each
+repetition (interleaved), and each reported ratio is the median over repetitions of the paired ratio.
+
+    python -m medmoelora_eval.perf_layer --out results/perf/layer.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from medmoelora.layer import MoELoRALinear, RoutingContext
+
+SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
+NUM_EXPERTS = (1, 2, 4, 8, 16)
+RANKS = (8, 16, 32)
+TOKENS = 2048
+
+
+class PerExpertLoop(nn.Module):
+    """The anchors' way (MOELoRA, LoRAMoE, MoLA, MixLoRA): one nn.Linear pair per expert, a Python loop."""
+
+    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.ModuleList(nn.Linear(base.in_features, rank, bias=False) for _ in range(num_experts))
+        self.lora_B = nn.ModuleList(nn.Linear(rank, base.out_features, bias=False) for _ in range(num_experts))
+        self.router = nn.Linear(base.in_features, num_experts, bias=False)
+        self.scaling = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)  # (B, T, d_out)
+        gates = torch.softmax(self.router(x), dim=-1)  # (B, T, N)
+        for i, (lora_A, lora_B) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
+            result = result + gates[..., i : i + 1] * self.scaling * lora_B(lora_A(x))  # (B, T, d_out)
+        return result
+
+
+def peft_lora(base: nn.Linear, rank: int, alpha: float) -> nn.Module:
+    """PEFT's own LoRA layer around ``base`` (the reference plain LoRA)."""
+    from peft import LoraConfig, get_peft_model
+
+    holder = nn.Sequential()
+    holder.add_module("proj", base)
+    model = get_peft_model(holder, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"]))
+    return model.base_model.model.proj
+
+
+def build(kind: str, d_in: int, d_out: int, num_experts: int, rank: int) -> nn.Module:
+    torch.manual_seed(0)
+    base = nn.Linear(d_in, d_out, bias=False).requires_grad_(False)
+    alpha = 2.0 * rank
+    if kind == "fused":
+        routing = "none" if num_experts == 1 else "soft"
+        layer = MoELoRALinear(base, [rank] * num_experts, [alpha] * num_experts, RoutingContext(), routing=routing)
+    elif kind == "loop":
+        layer = PerExpertLoop(base, num_experts, rank, alpha)
+    else:  # PEFT LoRA at the same total rank
+        layer = peft_lora(base, num_experts * rank, 2.0 * num_experts * rank)
+    for parameter in layer.parameters():
+        nn.init.normal_(parameter, std=0.02) if parameter.requires_grad else None
+    return layer
+
+
+def step_timer(layer: nn.Module, d_in: int, d_out: int) -> Callable[[], float]:
+    x = torch.randn(1, TOKENS, d_in, requires_grad=True)
+    grad = torch.randn(1, TOKENS, d_out)
+
+    def step() -> float:
+        started = time.perf_counter()
+        layer(x).backward(grad)
+        elapsed = time.perf_counter() - started
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        return elapsed
+
+    return step
+
+
+def _paired_ratio(samples: dict[str, list[float]]) -> Callable[[str, str], float]:
+    """Median over repetitions of time(a) / time(b), each pair measured back to back."""
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+    return ratio
+
+
+def run(repeats: int, warmup: int) -> pd.DataFrame:
+    rows = []
+    for d_in, d_out in SHAPES:
+        for num_experts in NUM_EXPERTS:
+            for rank in RANKS:
+                timers = {
+                    kind: step_timer(build(kind, d_in, d_out, num_experts, rank), d_in, d_out)
+                    for kind in ("fused", "loop", "peft")
+                }
+                for _ in range(warmup):
+                    for timer in timers.values():
+                        timer()
+                samples: dict[str, list[float]] = {kind: [] for kind in timers}
+                for _ in range(repeats):
+                    for kind, timer in timers.items():  # interleaved: paired measurements
+                        samples[kind].append(timer())
+                paired = _paired_ratio(samples)
+                rows.append(
+                    {
+                        "d_in": d_in,
+                        "d_out": d_out,
+                        "num_experts": num_experts,
+                        "rank": rank,
+                        "total_rank": num_experts * rank,
+                        "fused_ms": 1e3 * statistics.median(samples["fused"]),
+                        "loop_ms": 1e3 * statistics.median(samples["loop"]),
+                        "peft_ms": 1e3 * statistics.median(samples["peft"]),
+                        "loop_over_fused": paired("loop", "fused"),
+                        "fused_over_peft": paired("fused", "peft"),
+                        "repeats": repeats,
+                    }
+                )
+                print(
+                    f"{d_in}->{d_out} N={num_experts:2d} r={rank:2d}: fused {rows[-1]['fused_ms']:7.2f} ms, "
+                    f"loop {rows[-1]['loop_ms']:7.2f} ms ({rows[-1]['loop_over_fused']:.2f}x), "
+                    f"peft {rows[-1]['peft_ms']:7.2f} ms",
+                    flush=True,
+                )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="CSV to write")
+    parser.add_argument("--repeats", type=int, default=7, help="paired repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    table = run(args.repeats, args.warmup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    table.to_csv(temporary, index=False, float_format="%.4f")
+    temporary.replace(args.out)
+    at_eight = table[table.num_experts == 8]
+    print(
+        f"fused vs loop at N = 8: median {at_eight.loop_over_fused.median():.2f}x "
+        f"(min {at_eight.loop_over_fused.min():.2f}x over shapes and ranks); wrote {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""End-to-end benchmark on a real model: training steps against plain LoRA, evaluation against the base.
+
+- training: one optimizer step (forward, backward, AdamW) of each method on the same fixed batch;
+  reported as time relative to the `lora` preset's step, paired per repetition;
+- evaluation: one forward pass (no grad) of each adapted model against the untouched base model,
+  i.e. the throughput ratio of ``--model medmoelora`` to ``--model hf`` on the same requests;
+- the floor: the FLOPs each adapter adds per token over the base model's, computed from the shapes,
+  beside the measured overhead (measured / predicted).
+
+    python -m medmoelora_eval.perf_model --model resources/models/smollm2-135m --out results/perf/model.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoModelForCausalLM
+
+from medmoelora import AdapterConfig, MoELoRAModel, inject_adapter
+from medmoelora.config import METHODS
+
+SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
+
+
+def linear_flops_per_token(model: torch.nn.Module) -> float:
+    """2 FLOPs per weight of every linear layer (lm_head included): a token's matmul cost."""
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def attention_flops_per_token(config: object, length: int) -> float:
+    """Scores and weighted values: 2 * 2 * T * d per layer for a token attending to T/2 on average."""
+    return 2.0 * 2.0 * (length / 2) * config.hidden_size * config.num_hidden_layers
+
+
+def adapter_flops_per_token(adapted: MoELoRAModel) -> float:
+    """Experts (x A^T, then B) and routers, forward, per token."""
+    total = 0.0
+    for layer in adapted.adapter_layers().values():
+        d_in, d_out = layer.base_layer.in_features, layer.base_layer.out_features
+        total += 2.0 * sum(layer.ranks) * (d_in + d_out)
+        if layer.router is not None:
+            total += 2.0 * layer.num_experts * d_in
+    return total
+
+
+def load(model_dir: Path, method: str | None) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if method is None:
+        return model.eval()
+    adapted = inject_adapter(model, AdapterConfig.from_preset(method))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero B: an adapter that does something (timing does not depend on values)
+        for layer in adapted.adapter_layers().values():
+            for name, parameter in layer.adapter_params().items():
+                if name.endswith("_B"):
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
+    return adapted
+
+
+def fixed_batch(vocab_size: int, adapted: torch.nn.Module) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (SEQUENCES, LENGTH), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if isinstance(adapted, MoELoRAModel):
+        batch["task_ids"] = torch.arange(SEQUENCES) % max(1, len(adapted.adapter_config.task_names))
+        batch["domain_labels"] = torch.arange(SEQUENCES) % 2
+    return batch
+
+
+def train_step(adapted: MoELoRAModel, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    optimizer = torch.optim.AdamW(adapted.parameter_groups(1e-4))
+    adapted.train()
+
+    def step() -> float:
+        started = time.perf_counter()
+        adapted(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    return step
+
+
+def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    model.eval()
+    inputs = dict(batch) if isinstance(model, MoELoRAModel) else {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def step() -> float:
+        started = time.perf_counter()
+        model(**inputs)
+        return time.perf_counter() - started
+
+    return step
+
+
+def paired(timers: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for timer in timers.values():
+            timer()
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():  # interleaved, so each repetition compares like with like
+            samples[name].append(timer())
+    return samples
+
+
+def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+
+
+def run(model_dir: Path, repeats: int, warmup: int) -> pd.DataFrame:
+    torch.manual_seed(0)
+    base = load(model_dir, None)
+    adapted = {method: load(model_dir, method) for method in METHODS}
+    batch = fixed_batch(base.config.vocab_size, base)
+    batches = {method: fixed_batch(base.config.vocab_size, model) for method, model in adapted.items()}
+    base_flops = linear_flops_per_token(base) + attention_flops_per_token(base.config, LENGTH)
+    tokens = SEQUENCES * LENGTH
+
+    print(f"training steps ({tokens} tokens each), {repeats} paired repetitions ...", flush=True)
+    train = paired({m: train_step(model, batches[m]) for m, model in adapted.items()}, repeats, warmup)
+    print("evaluation forward passes ...", flush=True)
+    evaluation = paired(
+        {"base": eval_step(base, batch), **{m: eval_step(model, batches[m]) for m, model in adapted.items()}},
+        repeats,
+        warmup,
+    )
+    rows = []
+    for method, model in adapted.items():
+        predicted = adapter_flops_per_token(model) / base_flops
+        measured = median_ratio(evaluation, method, "base") - 1.0
+        rows.append(
+            {
+                "method": method,
+                "train_step_s": statistics.median(train[method]),
+                "train_tokens_per_s": tokens / statistics.median(train[method]),
+                "train_step_over_lora": median_ratio(train, method, "lora"),
+                "eval_forward_s": statistics.median(evaluation[method]),
+                "eval_tokens_per_s": tokens / statistics.median(evaluation[method]),
+                "eval_throughput_over_base": 1.0 / median_ratio(evaluation, method, "base"),
+                "adapter_gflops_per_token": adapter_flops_per_token(model) / 1e9,
+                "base_gflops_per_token": base_flops / 1e9,
+                "predicted_overhead": predicted,
+                "measured_overhead": measured,
+                "measured_over_predicted": measured / predicted if predicted > 0 else float("nan"),
+                "repeats": repeats,
+            }
+        )
+        row = rows[-1]
+        print(
+            f"{method:13s} train {row['train_step_over_lora']:.2f}x lora, eval {row['eval_throughput_over_base']:.2f}x "
+            f"base throughput, overhead {measured:+.1%} measured vs {predicted:+.1%} FLOPs",
+            flush=True,
+        )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a transformers model directory")
+    parser.add_argument("--out", type=Path, required=True, help="CSV to write")
+    parser.add_argument("--repeats", type=int, default=5, help="paired repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
+    table = run(args.model, args.repeats, args.warmup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.out.with_name(f".{args.out.name}.tmp")
+    table.to_csv(temporary, index=False, float_format="%.4f")
+    temporary.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
