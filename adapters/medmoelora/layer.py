@@ -187,6 +187,8 @@ class MoELoRALinear(nn.Module):
                 "this adapter routes by task (Multi-LoRA) but the batch has no task ids; "
                 "pass task_ids=... to MoELoRAModel.forward or use `with model.routing(task_ids=...)`"
             )
+        if task_ids.shape[0] == 1:  # one task for the whole batch
+            task_ids = task_ids.expand(x.shape[0])
         if task_ids.shape[0] != x.shape[0]:
             raise UserError(f"got {task_ids.shape[0]} task ids for a batch of {x.shape[0]} sequences")
         one_hot = F.one_hot(task_ids.to(x.device), self.num_experts).float()  # (B, N)

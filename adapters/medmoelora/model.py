@@ -95,6 +95,7 @@ class MoELoRAModel(nn.Module):
             model.set_submodule(path, adapted)
             self.layer_index[path] = layer
         mark_adapter_trainable(self)
+        self.train(model.training)  # a wrapper in training mode would keep router probabilities at evaluation
 
     @property
     def config(self) -> object:
