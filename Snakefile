@@ -1,0 +1,28 @@
+# Med-MoE-LoRA reproducibility workflow: raw data -> prepared data -> base model -> trained adapters ->
+# lm-eval results -> the paper's tables, figures and report.
+#
+#   snakemake --cores 8 results/table1.csv                        # default: SmolLM2-135M on CPU, ~1 hour
+#   snakemake --cores 2 results/table1.csv --configfile config/tiny.yaml      # CI smoke run, minutes
+#   snakemake --profile workflow/profiles/slurm all --configfile config/paper.yaml   # Llama-3-8B on SLURM
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        TABLES,
+        FIGURES,
+        "results/report.md",
+    default_target: True

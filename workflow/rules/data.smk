@@ -1,0 +1,22 @@
+# Raw benchmark files (or the Hugging Face Hub) -> data/processed/<task>/<split>.jsonl + manifest.json.
+
+
+rule prepare_data:
+    output:
+        directory(DATA_DIR),
+    log:
+        "logs/prepare_data/prepare_data.log",
+    params:
+        source=(
+            f"--raw-dir {shlex.quote(RAW_DATA_DIR)}"
+            if config["data"]["source"] == "raw"
+            else "--from-hub"
+        ),
+        general_task=config["data"]["general_task"],
+        validation=config["data"]["pubmedqa_validation"],
+        seed=config["data"]["seed"],
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "medmoelora prepare-data {params.source} --out {output} --general-task {params.general_task}"
+        " --pubmedqa-validation {params.validation} --seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,58 @@
+# Every run (and the base model) on every task, in ONE lm_eval call per run: start-up is paid once.
+# lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
+# lists the document indices per task, so the per-task limits of config `eval.limits` become one
+# samples file (the first N documents of each task, as --limit N would take them).
+
+
+rule eval_samples:
+    input:
+        DATA_DIR,
+    output:
+        "results/eval/samples.json",
+    log:
+        "logs/eval_samples/eval_samples.log",
+    params:
+        limits=" ".join(f"{task}={limit}" for task, limit in config["eval"]["limits"].items()),
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "python -m medmoelora_eval.results samples --data {input} --limits {params.limits}"
+        " --out {output} 2> {log}"
+
+
+rule eval:
+    input:
+        model=MODEL_DIR,
+        data=DATA_DIR,
+        samples="results/eval/samples.json",
+        adapter=get_eval_adapter,
+    output:
+        expand("results/eval/{{run}}/{task}.json", task=EVAL_TASKS),
+        full="results/eval/{run}/lm_eval_results.json",
+    log:
+        "logs/eval/{run}.log",
+    params:
+        model=lambda wildcards: get_eval_model(wildcards)["model"],
+        model_args=lambda wildcards: get_eval_model(wildcards)["model_args"],
+        metadata=lambda wildcards, input: json.dumps({"data_dir": input.data}),
+        batch_size=config["eval"]["batch_size"],
+        out=subpath(output.full, parent=True),
+    threads: compute("eval", "threads")
+    resources:
+        gpu=compute("eval", "gpus"),
+        mem_mb=compute("eval", "mem_mb"),
+        runtime=compute("eval", "runtime"),
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        # medmoe_mmlu_medical shares its subjects with medmoe_mmlu, and lm_eval refuses the same subtask
+        # twice in one call: mmlu_medical.json is computed from the medmoe_mmlu subjects (results.py).
+        """
+        raw=$(mktemp -d "{resources.tmpdir}/lm_eval.XXXXXX")
+        trap 'rm -rf "$raw"' EXIT
+        lm_eval --model {params.model} --model_args {params.model_args} --include_path benchmark/tasks \
+            --tasks medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu --samples {input.samples} \
+            --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
+            --output_path "$raw" > {log} 2>&1
+        python -m medmoelora_eval.results split "$raw" --run {wildcards.run} --out {params.out} 2>> {log}
+        """

@@ -1,0 +1,17 @@
+# The base model as a plain transformers directory (a Hub id, the SmolLM2 GGUF wheel, or a tiny random Llama).
+
+
+rule materialize_model:
+    output:
+        directory(MODEL_DIR),
+    log:
+        f"logs/materialize_model/{config['model']['name']}.log",
+    params:
+        spec=config["model"]["spec"],
+        dtype=config["model"]["dtype"],
+    resources:
+        mem_mb=compute("train", "mem_mb"),
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "medmoelora materialize-model {params.spec:q} --out {output} --dtype {params.dtype} > {log} 2>&1"

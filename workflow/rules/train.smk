@@ -1,0 +1,31 @@
+# One adapter per run: a method preset plus the run's overrides, all sharing config `training`.
+
+
+rule train:
+    input:
+        model=MODEL_DIR,
+        data=DATA_DIR,
+    output:
+        adapter="results/train/{run}/adapter_model.safetensors",
+        adapter_config="results/train/{run}/adapter_config.json",
+        routing="results/train/{run}/routing_stats.json",
+        metrics="results/train/{run}/train_metrics.json",
+        train_log="results/train/{run}/train_log.csv",
+    log:
+        "logs/train/{run}.log",
+    params:
+        launcher=get_train_launcher,
+        method=lambda wildcards: RUNS[wildcards.run]["method"],
+        overrides=get_train_overrides,
+        out=subpath(output.adapter, parent=True),
+    threads: compute("train", "threads")
+    resources:
+        gpu=compute("train", "gpus"),
+        mem_mb=compute("train", "mem_mb"),
+        runtime=compute("train", "runtime"),
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        # --overwrite: checkpoints of an interrupted attempt are stale once Snakemake reruns the job.
+        "{params.launcher} train --model {input.model} --data {input.data} --method {params.method}"
+        " --out {params.out} --overwrite {params.overrides} > {log} 2>&1"
