@@ -18,6 +18,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/perf.smk"
 
 
 rule all:

@@ -72,3 +72,11 @@ def test_invalid_config_is_rejected(workdir: Path, raw_dir: Path) -> None:
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "lora2" in output and "enum" in output.lower(), output
+
+
+def test_perf_target_runs_both_benchmarks_and_the_report(workdir: Path, raw_dir: Path) -> None:
+    result = snakemake(workdir, "-n", "-p", "--cores", "8", "results/perf.csv", raw_data=raw_dir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "python -m medmoelora_eval.perf_layer --out results/perf/layer.csv" in result.stdout
+    assert "python -m medmoelora_eval.perf_model --model resources/models/smollm2-135m" in result.stdout
+    assert "--figure results/figures/perf.png" in result.stdout

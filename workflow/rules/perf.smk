@@ -1,0 +1,45 @@
+# Performance benchmarks (issue 6): `snakemake --cores 8 results/perf.csv`. Not part of `all`: they
+# measure this machine, not the method, and want the machine to themselves (threads = all cores).
+
+
+rule perf_layer:
+    output:
+        "results/perf/layer.csv",
+    log:
+        "logs/perf_layer/perf_layer.log",
+    threads: compute("train", "threads")
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "python -m medmoelora_eval.perf_layer --out {output} > {log} 2>&1"
+
+
+rule perf_model:
+    input:
+        model=MODEL_DIR,
+    output:
+        "results/perf/model.csv",
+    log:
+        "logs/perf_model/perf_model.log",
+    threads: compute("train", "threads")
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "python -m medmoelora_eval.perf_model --model {input.model} --out {output} > {log} 2>&1"
+
+
+rule perf:
+    input:
+        layer="results/perf/layer.csv",
+        model="results/perf/model.csv",
+    output:
+        csv="results/perf.csv",
+        figure="results/figures/perf.png",
+        targets="results/perf/targets.csv",
+    log:
+        "logs/perf/perf.log",
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model} --out {output.csv}"
+        " --figure {output.figure} --targets {output.targets} > {log} 2>&1"
