@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
+
 # Our task name -> (lm-eval task or group, metric key in lm-eval's results). Scores are fractions.
 TASKS: dict[str, tuple[str, str]] = {
     "medqa": ("medmoe_medqa", "acc,none"),
@@ -29,14 +31,6 @@ TASKS: dict[str, tuple[str, str]] = {
     "mmlu": ("medmoe_mmlu", "acc,none"),
     "mmlu_medical": ("medmoe_mmlu_medical", "acc,none"),
 }
-MMLU_MEDICAL = (
-    "anatomy",
-    "clinical_knowledge",
-    "college_biology",
-    "college_medicine",
-    "medical_genetics",
-    "professional_medicine",
-)
 LEAF_TASKS = ("medqa", "pubmedqa", "gsm8k")  # one lm-eval task each; mmlu is one task per subject
 FULL_RESULTS = "lm_eval_results.json"
 
@@ -79,7 +73,9 @@ def score(results: dict[str, Any], task: str) -> dict[str, Any]:
     """One task's entry for ``<task>.json``: score (fraction), documents, and lm-eval's raw entries."""
     name, metric = TASKS[task]
     if task == "mmlu_medical":
-        subtasks = {f"medmoe_mmlu_{subject}": results["results"][f"medmoe_mmlu_{subject}"] for subject in MMLU_MEDICAL}
+        subtasks = {
+            f"medmoe_mmlu_{subject}": results["results"][f"medmoe_mmlu_{subject}"] for subject in MMLU_MEDICAL_SUBJECTS
+        }
         sizes = [entry["sample_len"] for entry in subtasks.values()]
         value = sum(entry[metric] * size for entry, size in zip(subtasks.values(), sizes, strict=True)) / sum(sizes)
         entry: dict[str, Any] = {"derived_from": "medmoe_mmlu subjects, weighted by size", "subtasks": subtasks}
