@@ -3,8 +3,10 @@
     python -m medmoelora_eval.results samples --data data/processed --limits medqa=40 mmlu=2 --out samples.json
     python -m medmoelora_eval.results split LM_EVAL_OUTPUT_DIR --run lora --out results/eval/lora
 
-``samples`` turns per-task limits into one ``lm_eval --samples`` file (the first N documents of every
-task, per MMLU subject for mmlu), so that one lm_eval call evaluates every task at its own limit.
+``samples`` turns per-task limits into one ``lm_eval --samples`` file (N documents of every task, per
+MMLU subject for mmlu, drawn at random with a fixed seed), so that one lm_eval call evaluates every task
+at its own limit. A random draw, not lm_eval's ``--limit`` (the first N): the first 20 documents of
+PubMedQA's test set are all "yes", so a first-N subset rewards a model that always says yes.
 ``split`` reads lm_eval's results JSON and writes ``<out>/<task>.json`` for every task plus the full
 file as ``<out>/lm_eval_results.json``. ``mmlu_medical`` is computed from the ``medmoe_mmlu`` subjects
 (lm_eval refuses two groups sharing subtasks in one call), weighted by size as the group YAML does.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 from collections import Counter
@@ -60,12 +63,16 @@ def count_documents(data_dir: Path) -> dict[str, int]:
     return counts
 
 
-def samples(data_dir: Path, limits: dict[str, int | None]) -> dict[str, list[int]]:
-    """``{lm-eval task: [0 .. N-1]}`` with N = the task's limit (per subject for mmlu), None = all."""
+def samples(data_dir: Path, limits: dict[str, int | None], seed: int = 0) -> dict[str, list[int]]:
+    """``{lm-eval task: sorted document indices}``: N = the task's limit (per subject for mmlu) drawn with
+    ``seed``, the same for every run; None = all documents."""
     out = {}
     for task, count in count_documents(data_dir).items():
         limit = limits["mmlu" if task.startswith("medmoe_mmlu_") else task.removeprefix("medmoe_")]
-        out[task] = list(range(count if limit is None else min(limit, count)))
+        if limit is None or limit >= count:
+            out[task] = list(range(count))
+        else:
+            out[task] = sorted(random.Random(f"{seed}-{task}").sample(range(count), limit))
     return out
 
 
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     make = commands.add_parser("samples", help="per-task limits -> an lm_eval --samples file")
     make.add_argument("--data", type=Path, required=True, help="prepared data directory")
     make.add_argument("--limits", nargs="+", required=True, metavar="TASK=N", help="N per task (per subject: mmlu)")
+    make.add_argument("--seed", type=int, default=0, help="seed of the per-task document draw")
     make.add_argument("--out", type=Path, required=True)
     cut = commands.add_parser("split", help="lm_eval output directory -> <out>/<task>.json")
     cut.add_argument("raw_dir", type=Path, help="lm_eval --output_path directory")
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     cut.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "samples":
-        chosen = samples(args.data, _parse_limits(args.limits))
+        chosen = samples(args.data, _parse_limits(args.limits), args.seed)
         write_atomic(args.out, json.dumps(chosen) + "\n")
         print(f"samples: {sum(map(len, chosen.values()))} documents in {len(chosen)} tasks", file=sys.stderr)
     else:

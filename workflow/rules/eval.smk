@@ -1,7 +1,8 @@
 # Every run (and the base model) on every task, in ONE lm_eval call per run: start-up is paid once.
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
-# samples file (the first N documents of each task, as --limit N would take them).
+# samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
+# one-sided: the first 20 PubMedQA test questions are all "yes").
 
 
 rule eval_samples:
