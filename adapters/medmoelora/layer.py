@@ -156,8 +156,11 @@ class MoELoRALinear(nn.Module):
         gates = self.gates(x)  # (B, T, N) or (B, 1, N) or None
         # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
         slot_weight = self.slot_scale if gates is None else gates.to(hidden.dtype) @ self.gate_to_slot
-        delta = F.linear(hidden * slot_weight, lora_B)  # (B, T, R) @ (R, d_out) -> (B, T, d_out)
-        return result + delta.to(result.dtype)
+        hidden = hidden * slot_weight  # (B, T, R)
+        if result.dtype != hidden.dtype:  # bf16 base, fp32 adapter
+            return result + F.linear(hidden, lora_B).to(result.dtype)  # (B, T, R) @ (R, d_out)
+        # result + hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
+        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t()).view_as(result)
 
     # ----------------------------------------------------------------------------------------------
     def gates(self, x: torch.Tensor) -> torch.Tensor | None:
