@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from medmoelora import AdapterConfig, MoELoRAModel, inject_adapter
 from medmoelora.config import METHODS
+from medmoelora_eval.results import write_atomic
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
 
@@ -172,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
     table = run(args.model, args.repeats, args.warmup)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_name(f".{args.out.name}.tmp")
-    table.to_csv(temporary, index=False, float_format="%.4f")
-    temporary.replace(args.out)
+    write_atomic(args.out, table.to_csv(index=False, float_format="%.4f"))
     print(f"wrote {args.out}")
     return 0
 

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from medmoelora_eval.results import write_atomic
+
 # Issue 6's targets: (what, measured column, comparison, bound)
 TARGETS = (
     ("fused layer vs per-expert loop at N = 8 (speed-up)", "loop_over_fused_n8", ">=", 2.0),
@@ -89,12 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     layer, model = pd.read_csv(args.layer), pd.read_csv(args.model)
     combined = pd.concat([layer.assign(benchmark="layer"), model.assign(benchmark="model")], ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    combined.to_csv(args.out, index=False, float_format="%.4f")
+    write_atomic(args.out, combined.to_csv(index=False, float_format="%.4f"))
     figure(layer, model, args.figure)
     targets = summarize(layer, model)
     if args.targets:
-        targets.to_csv(args.targets, index=False)
+        write_atomic(args.targets, targets.to_csv(index=False))
     print(targets.to_markdown(index=False))
     return 0
 
