@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from medmoelora.config import DOMAINS, AdapterConfig
+from medmoelora.config import AdapterConfig
 from medmoelora.errors import UserError
 from medmoelora.layer import MoELoRALinear, RoutingContext
 from medmoelora.losses import aux_losses
@@ -224,9 +224,3 @@ def trainable_parameter_count(module: nn.Module) -> int:
 def inject_adapter(model: nn.Module, config: AdapterConfig) -> MoELoRAModel:
     """Inject the adapter that ``config`` describes into ``model`` (in place) and freeze the rest."""
     return MoELoRAModel(model, config)
-
-
-def domain_index(domain: str) -> int:
-    if domain not in DOMAINS:
-        raise UserError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
-    return DOMAINS.index(domain)
