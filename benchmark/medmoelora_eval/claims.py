@@ -63,6 +63,7 @@ from medmoelora_eval.stats import (
     VERDICT_RULE,
     estimate,
     paired_comparison,
+    sign_flip_p_value,
     verdict,
 )
 
@@ -259,10 +260,12 @@ def _compare(
         raise UserError(f"{claim.id} ({run_a} vs {run_b}): {error}") from None
     higher_is_better = METRICS[measure.metric].higher_is_better
     notes = []
-    tolerance = 0.0
-    if claim.kind == AT_LEAST_AS_GOOD:
+    tolerance, p_threshold = 0.0, result.p_value
+    if claim.kind == AT_LEAST_AS_GOOD:  # the threshold is -m in the paper's direction
         tolerance = NONINFERIORITY_FRACTION * abs(estimate(strata_b))
-        notes.append(f"tolerance m = {tolerance:.3g}")
+        threshold = -tolerance if higher_is_better else tolerance
+        p_threshold = sign_flip_p_value(strata_a, strata_b, resamples, seed, null_difference=threshold)
+        notes.append(f"tolerance m = {tolerance:.3g}, p at -m {_p_text(p_threshold, '= ')}")
     if claim.against_base and "base" in runs:  # (a - base) - (b - base) = a - b: the changes are context
         strata_base = values_of(runs["base"], measure.scope, measure.metric)
         if [s.documents for s in strata_base] != [s.documents for s in strata_a]:
@@ -290,7 +293,7 @@ def _compare(
         "n_documents": result.n_documents,
         "n_seeds": f"{result.n_seeds_a}/{result.n_seeds_b}",
         "verdict": verdict(
-            result.lo, result.hi, higher_is_better=higher_is_better, kind=claim.kind, tolerance=tolerance
+            result.lo, result.hi, p_threshold, higher_is_better=higher_is_better, kind=claim.kind, tolerance=tolerance
         ),
         "note": "; ".join(notes),
     }
@@ -342,6 +345,10 @@ def collapse_row(routing: Mapping[str, Mapping], threshold: float = COLLAPSE_THR
     }
 
 
+def _p_text(p_value: float, equals: str = "") -> str:
+    return "<0.001" if p_value < 0.001 else f"{equals}{p_value:.3f}"
+
+
 def _number(value: float, metric: str) -> str:
     return "" if pd.isna(value) else f"{value:.1f}" if metric == "accuracy" else f"{value:.3f}"
 
@@ -366,7 +373,7 @@ def render_claims(table: pd.DataFrame) -> str:
                 "measure": measure,
                 "paper": _number(row.paper_effect, metric),
                 "ours [95% interval]": ours,
-                "p": "" if pd.isna(row.p_value) else f"{row.p_value:.3f}",
+                "p": "" if pd.isna(row.p_value) else _p_text(row.p_value),
                 "MDE (80%)": _number(row.mde_80, metric),
                 "documents": "" if pd.isna(row.n_documents) else str(int(row.n_documents)),
                 "seeds": row.n_seeds if isinstance(row.n_seeds, str) else "",

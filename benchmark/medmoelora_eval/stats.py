@@ -10,7 +10,7 @@ How the numbers are computed (the report cites this text):
   (gold log-probability, Brier score: the value over 1), and bits per byte (-loglikelihood / ln 2 over
   the document's bytes: a ratio estimator, so a document weighs by its length, as lm-eval computes it).
   A score over several tasks (the medical average: MedQA, PubMedQA, MMLU-medical) is the unweighted
-  mean of the task scores: each task counts once whatever its size, as in the paper's average.
+  mean of the task scores: each task counts once whatever its size, as in the tables' Medical avg.
 - **Intervals.** 95% percentile bootstrap, 10,000 resamples, a numpy Generator seeded with 0 (both
   written into every output). Each resample draws documents with replacement within each task,
   independently per task (a stratified bootstrap: every task keeps its size and its weight in an
@@ -30,8 +30,11 @@ How the numbers are computed (the report cites this text):
 - **p-value.** Two-sided paired sign-flip permutation test (approximate randomisation; scipy's
   ``permutation_test``, exact when 2^n <= resamples): under "A and B are exchangeable" each document's
   two values (each averaged over its run's seeds) are swapped at random. Documents are its unit and it
-  conditions on the trained seeds; the interval, which also carries the seed-to-seed variation,
-  decides the verdict, and the p-value is reported beside it.
+  conditions on the trained seeds. A verdict needs both: the interval, which also carries the
+  seed-to-seed variation, and the test, which stays exact where a bootstrap of a handful of documents
+  is too narrow (`VERDICT_RULE`). ``null_difference`` shifts the tested value (the tolerance of an
+  "at least as good" claim): each document's value of A is lowered by it times the document's
+  denominator, which moves the score by exactly that.
 - **Smallest detectable effect** at 80% power, two-sided alpha 0.05: (z_0.975 + z_0.8) x SE = 2.80 x SE,
   SE being the standard deviation of the bootstrap differences (with one seed and one task, the paired
   differences' standard error sd / sqrt(n)). A true effect of this size would be found with probability
@@ -39,7 +42,8 @@ How the numbers are computed (the report cites this text):
   say nothing about the variance and the detectable effect is left empty.
 
 scipy's ``bootstrap`` resamples one level of independent observations; it has neither the stratified
-nor the crossed seeds x documents draw, so the resampling here is numpy (vectorised multinomial counts).
+nor the crossed seeds x documents draw, so the resampling here is numpy (vectorised draws of document
+indices, multinomial counts of seeds).
 """
 
 from __future__ import annotations
@@ -92,7 +96,10 @@ VERDICT_RULE = (
     "zero. A claim that one run is at least as good as another is supported when the whole interval lies on "
     "the paper's side of -m, contradicted when it lies wholly beyond -m on the other side, inconclusive "
     f"otherwise, where the tolerance m is {NONINFERIORITY_FRACTION:.0%} of the other run's score (the paper "
-    "treats a general-skill drop of more than about 1% as a loss)."
+    "treats a general-skill drop of more than about 1% as a loss). Either way the paired permutation test "
+    "of that threshold (0, or -m) must agree, p < 0.05, or the verdict is inconclusive: with few documents "
+    "a bootstrap interval can exclude a value that an exact test cannot reject (two documents that both "
+    "favour one run give an interval above zero, but p = 0.5)."
 )
 
 
@@ -169,16 +176,26 @@ def minimum_detectable_effect(standard_error: float, alpha: float = ALPHA, power
 
 
 def sign_flip_p_value(
-    strata_a: Sequence[Stratum], strata_b: Sequence[Stratum], resamples: int = RESAMPLES, seed: int = SEED
+    strata_a: Sequence[Stratum],
+    strata_b: Sequence[Stratum],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    null_difference: float = 0.0,
 ) -> float:
-    """Two-sided paired permutation test of score(a) = score(b), swapping each document's two values."""
+    """Two-sided paired permutation test of score(a) - score(b) = ``null_difference``, swapping each
+    document's two values (each averaged over its run's seeds) at random."""
     _check_paired(strata_a, strata_b)
-    a = np.concatenate([s.numerator.mean(axis=0) for s in strata_a])  # (D,) each run's seeds averaged
+    a = np.concatenate([s.numerator.mean(axis=0) for s in strata_a])  # (D,)
     b = np.concatenate([s.numerator.mean(axis=0) for s in strata_b])
-    # score(a) - score(b) = sum(weight * (a - b)) when the denominator is a property of the document
-    weights = np.concatenate(
-        [_document_weights(sa, sb, len(strata_a)) for sa, sb in zip(strata_a, strata_b, strict=True)]
-    )
+    # bytes (or 1) per document: a property of the document, so the same for both runs
+    denominators = [
+        (sa.denominator.mean(axis=0) + sb.denominator.mean(axis=0)) / 2
+        for sa, sb in zip(strata_a, strata_b, strict=True)
+    ]
+    # score(a) - score(b) = sum(weight * (a - b)), each task's documents weighing 1 / (tasks x its denominator sum)
+    weights = np.concatenate([np.full_like(d, 1.0 / (len(denominators) * d.sum())) for d in denominators])
+    # sum(weight * denominator) = 1, so subtracting null_difference x denominator shifts the score by it
+    a = a - null_difference * np.concatenate(denominators)
 
     def weighted_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.sum(weights * (x - y), axis=axis)
@@ -194,12 +211,6 @@ def sign_flip_p_value(
         rng=np.random.default_rng(seed),
     )
     return float(min(1.0, result.pvalue))
-
-
-def _document_weights(a: Stratum, b: Stratum, tasks: int) -> np.ndarray:
-    """(D,) each document's weight in the score: 1 / (tasks x the task's summed denominator)."""
-    denominator = (a.denominator.mean(axis=0) + b.denominator.mean(axis=0)) / 2  # (D,) bytes, or 1 for a mean
-    return np.full_like(denominator, 1.0 / (tasks * denominator.sum()))
 
 
 @dataclass(frozen=True)
@@ -275,8 +286,17 @@ def paired_comparison(
     )
 
 
-def verdict(lo: float, hi: float, *, higher_is_better: bool = True, kind: str = BEATS, tolerance: float = 0.0) -> str:
-    """`VERDICT_RULE` on an interval [lo, hi] of (favoured run - other run)."""
+def verdict(
+    lo: float,
+    hi: float,
+    p_value: float,
+    *,
+    higher_is_better: bool = True,
+    kind: str = BEATS,
+    tolerance: float = 0.0,
+) -> str:
+    """`VERDICT_RULE` on an interval [lo, hi] of (favoured run - other run) and the p-value of the paired
+    permutation test of the rule's threshold (0 for BEATS; -tolerance, oriented, for AT_LEAST_AS_GOOD)."""
     if not higher_is_better:  # orient so that positive is the paper's direction
         lo, hi = -hi, -lo
     if kind == BEATS:
@@ -285,6 +305,8 @@ def verdict(lo: float, hi: float, *, higher_is_better: bool = True, kind: str = 
         threshold = -abs(tolerance)
     else:
         raise ValueError(f"unknown claim kind {kind!r}; use {BEATS!r} or {AT_LEAST_AS_GOOD!r}")
+    if p_value >= ALPHA:  # the exact test does not reject the threshold: no interval alone decides
+        return INCONCLUSIVE
     if lo > threshold:
         return SUPPORTED
     if hi < threshold:

@@ -124,7 +124,7 @@ def test_paired_test_finds_a_planted_difference():
     assert result.difference > 10
     assert result.lo > 0
     assert result.p_value < 0.001
-    assert verdict(result.lo, result.hi) == SUPPORTED
+    assert verdict(result.lo, result.hi, result.p_value) == SUPPORTED
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -134,7 +134,7 @@ def test_paired_test_does_not_find_a_null_difference(seed):
     assert result.difference == 0
     assert result.lo < 0 < result.hi
     assert result.p_value > 0.05
-    assert verdict(result.lo, result.hi) == INCONCLUSIVE
+    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
 def test_p_value_rejects_about_5_percent_of_null_datasets():
@@ -171,7 +171,7 @@ def test_detectable_effect_is_empty_when_no_document_differs():
     result = paired_comparison([same], [same], resamples=200)
     assert math.isnan(result.mde)
     assert result.p_value == 1.0
-    assert verdict(result.lo, result.hi) == INCONCLUSIVE
+    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_detectable_effect_is_empty_when_no_document_differs():
     ],
 )
 def test_verdict_of_a_beats_claim(lo, hi, higher_is_better, expected):
-    assert verdict(lo, hi, higher_is_better=higher_is_better, kind=BEATS) == expected
+    assert verdict(lo, hi, 0.01, higher_is_better=higher_is_better, kind=BEATS) == expected
 
 
 @pytest.mark.parametrize(
@@ -200,9 +200,39 @@ def test_verdict_of_a_beats_claim(lo, hi, higher_is_better, expected):
     ],
 )
 def test_verdict_of_an_at_least_as_good_claim(lo, hi, higher_is_better, expected):
-    assert verdict(lo, hi, higher_is_better=higher_is_better, kind=AT_LEAST_AS_GOOD, tolerance=0.5) == expected
+    assert verdict(lo, hi, 0.01, higher_is_better=higher_is_better, kind=AT_LEAST_AS_GOOD, tolerance=0.5) == expected
+
+
+@pytest.mark.parametrize("kind", [BEATS, AT_LEAST_AS_GOOD])
+def test_no_verdict_where_the_exact_test_does_not_reject_the_threshold(kind):
+    assert verdict(0.3, 0.8, 0.05, kind=kind, tolerance=0.5) == INCONCLUSIVE
+    assert verdict(-3.0, -0.6, 0.2, kind=kind, tolerance=0.5) == INCONCLUSIVE
+
+
+def test_two_documents_that_favour_one_run_are_not_enough():
+    # Every bootstrap resample of two positive differences is positive: the interval excludes zero,
+    # but the exact sign-flip test of 2 documents cannot go below p = 0.5.
+    result = paired_comparison([stratum([1.0, 0.6])], [stratum([0.2, 0.1])], resamples=RESAMPLES)
+    assert result.lo > 0
+    assert result.p_value == pytest.approx(0.5)
+    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
+
+
+def test_shifted_test_is_the_test_of_the_tolerance():
+    rng = np.random.default_rng(SEED)
+    b = rng.normal(size=400)
+    a = b - 0.05 + 0.1 * rng.normal(size=400)  # slightly worse, far less than the tolerance 0.5 allows
+    runs = [stratum(a)], [stratum(b)]
+    assert sign_flip_p_value(*runs, resamples=RESAMPLES, null_difference=-0.5) < 0.001
+    assert sign_flip_p_value(*runs, resamples=RESAMPLES, null_difference=float(np.mean(a - b))) > 0.9
+    # bits per byte: the shift is per byte, so the score moves by exactly null_difference
+    size = rng.integers(10, 1000, 400).astype(float)
+    bits_a, bits_b = stratum((1.0 + 0.01 * rng.normal(size=400)) * size, size), stratum(1.2 * size, size)
+    observed = estimate([bits_a]) - estimate([bits_b])
+    assert observed == pytest.approx(-0.2, abs=0.01)
+    assert sign_flip_p_value([bits_a], [bits_b], resamples=RESAMPLES, null_difference=observed) > 0.9
 
 
 def test_verdict_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown claim kind"):
-        verdict(0, 1, kind="better")
+        verdict(0, 1, 0.01, kind="better")
