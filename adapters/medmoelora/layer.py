@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +20,10 @@ class RoutingContext:
     """Per-batch inputs that routing needs beyond the hidden states; one instance shared by all layers.
 
     The model wrapper (`MoELoRAModel.forward`) fills it before the base model's forward and clears it
-    after, so that the transformers forward signature stays untouched.
+    after, so that the transformers forward signature stays untouched. Under gradient checkpointing
+    the backward pass runs a layer's forward a second time, after the wrapper has cleared the context:
+    `MoELoRAModel.activation_checkpointing_enable` takes a `snapshot` at each checkpointed forward and
+    replays it (`replaying`) around the recomputation.
     """
 
     task_ids: torch.Tensor | None = None  # (B,) long: index into AdapterConfig.task_names
@@ -25,9 +31,43 @@ class RoutingContext:
     token_mask: torch.Tensor | None = None  # (B, T) bool: real tokens (not padding)
     keep_router_probs: bool = False  # keep each layer's router probabilities for the aux losses
     track_stats: bool = False  # accumulate routing statistics (mean gate, top-1 share)
+    recomputing: bool = False  # a checkpointed forward re-run in backward: no bookkeeping
 
     def clear(self) -> None:
         self.task_ids = self.domain_labels = self.token_mask = None
+        self.keep_router_probs = False
+
+    def snapshot(self) -> RoutingContext:
+        """A copy of the current inputs and flags (the tensors are shared, not copied)."""
+        return dataclasses.replace(self)
+
+    @contextmanager
+    def replaying(self, snapshot: RoutingContext) -> Iterator[None]:
+        """Inside the block the context holds ``snapshot``'s inputs, marked as a recomputation, so that
+        layers route exactly as in the original forward but neither keep router probabilities nor count
+        statistics a second time; the previous state comes back on exit."""
+        saved = self.snapshot()
+        self._assign(dataclasses.replace(snapshot, recomputing=True))
+        try:
+            yield
+        finally:
+            self._assign(saved)
+
+    def _assign(self, other: RoutingContext) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(other, field.name))
+
+    @property
+    def is_recomputation(self) -> bool:
+        """True while a forward is being re-run for backward rather than run for real.
+
+        ``recomputing`` covers checkpointing set up by `MoELoRAModel` (it replays the snapshot). The
+        autograd engine's graph-task id covers any other recomputation (checkpointing enabled on the
+        base model directly, FSDP's activation checkpointing): it is -1 outside a backward pass, and a
+        layer's forward runs inside one only to recompute activations. torch has no public accessor
+        for it; torch.utils.checkpoint reads it the same way.
+        """
+        return self.recomputing or torch._C._current_graph_task_id() != -1
 
 
 class MoELoRALinear(nn.Module):
@@ -172,9 +212,9 @@ class MoELoRALinear(nn.Module):
         else:
             probs = self.router_probs(x)  # (B, T, N), fp32
             gates = probs if self.top_k is None else _keep_top_k(probs, self.top_k)
-            if self.context.keep_router_probs:
+            if self.context.keep_router_probs and not self.context.is_recomputation:
                 self.last_router_probs = probs
-        if self.context.track_stats:
+        if self.context.track_stats and not self.context.is_recomputation:
             self._accumulate_stats(gates.expand(*x.shape[:-1], self.num_experts))
         return gates
 
@@ -185,6 +225,12 @@ class MoELoRALinear(nn.Module):
 
     def _task_gates(self, x: torch.Tensor) -> torch.Tensor:
         task_ids = self.context.task_ids
+        if task_ids is None and self.context.is_recomputation:
+            raise UserError(
+                "gradient checkpointing re-ran a task-routed layer in backward without the batch's task ids; "
+                "enable checkpointing on the adapted model (`adapted.activation_checkpointing_enable()` after "
+                "inject_adapter), not on the base model"
+            )
         if task_ids is None:
             raise UserError(
                 "this adapter routes by task (Multi-LoRA) but the batch has no task ids; "

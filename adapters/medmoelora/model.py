@@ -4,6 +4,7 @@
     adapted = inject_adapter(model, AdapterConfig.from_preset("med_moe_lora"))
     out = adapted(input_ids=ids, attention_mask=mask, labels=ids, task_ids=tasks, domain_labels=domains)
     out.loss.backward()  # in training mode: LM loss + weighted aux losses (out.lm_loss, out.aux_losses)
+    adapted.activation_checkpointing_enable()  # gradient checkpointing: through the wrapper, not the base model
 
 Injection replaces each targeted ``nn.Linear`` of decoder layer ``l`` with a `MoELoRALinear` whose
 expert count is the schedule's N(l); the base model is modified in place and frozen, so the same
@@ -12,12 +13,15 @@ object can be handed to code that expects a plain transformers model (lm-eval's 
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import noop_context_fn
 
 from medmoelora.config import AdapterConfig
 from medmoelora.errors import UserError
@@ -143,6 +147,55 @@ class MoELoRAModel(nn.Module):
         finally:
             self.context.clear()
 
+    # ------------------------------------------------------------------------------------------------
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        """Checkpoint the base model's decoder layers (recompute their activations in backward) with
+        routing kept exact. transformers' Trainer calls this for ``activation_checkpointing=True``;
+        ``options`` (``every_n_layers``, ``offload``) go on to the base model's method.
+
+        A checkpointed layer's forward runs again during backward, after `forward` has cleared the
+        routing context. torch.utils.checkpoint calls its ``context_fn`` once per checkpointed call,
+        during the original forward, and runs the recomputation inside the second context it returns:
+        the one hook that ties a recomputation to the forward it repeats. Ours snapshots the routing
+        inputs there and replays them around the recomputation, so that two forwards before one
+        backward (or none) stay right, which keeping "the last batch's inputs" would not. Only the
+        non-reentrant checkpoint takes a ``context_fn``; a ``context_fn`` of the caller's is kept.
+        Enabling checkpointing on the base model directly leaves task routing without its task ids in
+        backward: the layer then fails in one line rather than route wrongly.
+        """
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if kwargs["use_reentrant"]:
+            raise UserError(
+                "use_reentrant=True checkpointing cannot replay the routing inputs in backward; "
+                "leave use_reentrant unset (non-reentrant checkpointing)"
+            )
+        kwargs["context_fn"] = functools.partial(self._checkpoint_contexts, kwargs.get("context_fn", noop_context_fn))
+        # transformers 5.23 renamed gradient_checkpointing_enable (deprecated since) to activation_checkpointing_...
+        enable = getattr(self.model, "activation_checkpointing_enable", None)
+        (enable or self.model.gradient_checkpointing_enable)(kwargs, **options)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        """The older name of `activation_checkpointing_enable` (transformers < 5.23 and its Trainer)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
+
+    def activation_checkpointing_disable(self) -> None:
+        disable = getattr(self.model, "activation_checkpointing_disable", None)
+        (disable or self.model.gradient_checkpointing_disable)()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    def _checkpoint_contexts(
+        self, callers_context_fn: Callable[[], tuple[AbstractContextManager, AbstractContextManager]]
+    ) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """torch.utils.checkpoint's ``context_fn``: (context of the forward, context of its recomputation)."""
+        snapshot = self.context.snapshot()  # called at the checkpointed forward, while the context is filled
+        forward_context, recompute_context = callers_context_fn()
+        return forward_context, _entered_together(recompute_context, self.context.replaying(snapshot))
+
     def _has_aux_losses(self) -> bool:
         config = self.adapter_config
         return config.balance_weight > 0 or config.preservation_weight > 0 or config.base_l2_weight > 0
@@ -208,6 +261,14 @@ class MoELoRAModel(nn.Module):
             for name, params in groups.items()
             if params
         ]
+
+
+@contextmanager
+def _entered_together(*contexts: AbstractContextManager) -> Iterator[None]:
+    with ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
 
 
 def mark_adapter_trainable(adapted: MoELoRAModel) -> None:

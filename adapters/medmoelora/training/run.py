@@ -49,10 +49,10 @@ def train(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
-    if training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     adapted = inject_adapter(model, config.adapter)
+    if training.gradient_checkpointing:  # through the adapter, which replays the routing inputs in backward
+        adapted.activation_checkpointing_enable()
+        model.config.use_cache = False
     examples = build_examples(
         data_dir,
         training.tasks,
