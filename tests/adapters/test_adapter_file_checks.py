@@ -159,3 +159,17 @@ def test_an_adapter_saved_before_module_dtypes_were_recorded_still_loads(saved):
 def test_the_module_spec_records_the_experts_dtype(saved):
     header = json.loads((saved / CONFIG_FILE).read_text())
     assert {spec["dtype"] for spec in header["modules"].values()} == {"float32"}
+
+
+@pytest.mark.slow
+def test_lm_eval_refuses_the_cut_adapter_in_one_line(tiny_model_dir, tmp_path):
+    # The reported case: `lm_eval --model medmoelora` loaded it and exited 0 with wrong weights.
+    from tests.lm_eval.helpers import last_line, load_base, model_load_command, run_lm_eval, save_random_adapter
+
+    adapter = save_random_adapter(load_base(tiny_model_dir), tmp_path / "adapter", "med_moe_lora")
+    name = "model.layers.0.self_attn.q_proj.experts.1.lora_A"
+    edit_tensors(adapter, lambda t: t.update({name: t[name][:1]}))
+    run = run_lm_eval(model_load_command(f"pretrained={tiny_model_dir},dtype=float32,adapter={adapter}"))
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert last_line(run.stderr).startswith(f"error: {adapter / WEIGHTS_FILE} has tensor {name} as shape [1, ")
