@@ -35,8 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one setting, value in YAML (e.g. --set training.max_steps=10 --set adapter.top_k=2)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete checkpoint in --out (a finished run: nothing to do)",
+    )
+    rerun.add_argument(
+        "--overwrite", action="store_true", help="start afresh even if --out holds a run (clears the run's files)"
+    )
+    rerun.add_argument(
+        "--resume-if-possible",
+        action="store_true",
+        help="resume when --out has a complete checkpoint made with these exact settings, else start afresh "
+        "(the workflow's: a preempted job continues where it stopped)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -59,10 +72,24 @@ def read_config_file(path: str | None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from medmoelora.training.config import build_run_config
+    from medmoelora.training.resume import AlreadyFinished, is_main_process
     from medmoelora.training.run import train
 
     config = build_run_config(args.method, read_config_file(args.config), args.overrides)
-    metrics = train(args.model, args.data, args.out, config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        metrics = train(
+            args.model,
+            args.data,
+            args.out,
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            resume_if_possible=args.resume_if_possible,
+        )
+    except AlreadyFinished as finished:
+        if is_main_process():  # once, not once per process of an `accelerate launch`
+            print(finished)
+        return 0
     if metrics:
         print(
             f"trained {args.method}: {metrics['steps']} steps, {metrics['tokens_per_second']:.0f} tokens/s, "

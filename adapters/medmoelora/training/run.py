@@ -1,13 +1,18 @@
 """The training entry point: setup (model, adapter, data, Trainer), train, cleanup (adapter, statistics).
 
 Outputs in ``out``: the adapter (adapter_config.json, adapter_model.safetensors), routing_stats.json
-(per layer and expert, overall and by training task), train_metrics.json (parameters, tokens/s, peak
-memory, wall time), train_config.json, train_log.csv, and checkpoints/ for --resume.
+(per layer and expert, overall and by training task), train_config.json, train_log.csv, checkpoints/
+for --resume, and train_metrics.json (parameters, tokens/s, peak memory, wall time), written last: its
+presence marks a finished run. One run at a time writes into ``out`` (`medmoelora.training.lock`);
+what a rerun into an existing ``out`` does is `medmoelora.training.resume`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import resource
 import shutil
 import time
@@ -16,18 +21,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
+from safetensors import SafetensorError
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    ProgressCallback,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from medmoelora.errors import UserError
 from medmoelora.model import MoELoRAModel, inject_adapter, trainable_parameter_count
 from medmoelora.params import active_parameters
 from medmoelora.routing_stats import merge_routing_stats, routing_stats, track_routing, warn_on_collapse
-from medmoelora.serialization import CONFIG_FILE, save_adapter
+from medmoelora.serialization import save_adapter
+from medmoelora.training.checkpoints import CHECKPOINTS, TRAIN_CONFIG, TRAIN_LOG, complete_checkpoints, step_of
 from medmoelora.training.config import RunConfig, to_dict
 from medmoelora.training.data import Collator, Example, ExampleDataset, build_examples
+from medmoelora.training.lock import output_lock
+from medmoelora.training.resume import (
+    METRICS_FILE,
+    ROUTING_FILE,
+    Plan,
+    is_main_process,
+    normalised,
+    plan_run,
+    prepare,
+)
 from medmoelora.training.trainer import CsvLogger, MoELoRATrainer, RoutingTracker
-
-CHECKPOINTS = "checkpoints"
 
 
 def train(
@@ -38,10 +60,42 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    resume_if_possible: bool = False,
 ) -> dict[str, Any]:
-    """Train one method and write its outputs into ``out``; returns train_metrics."""
+    """Train one method and write its outputs into ``out``; returns train_metrics.
+
+    Raises `medmoelora.training.resume.AlreadyFinished` when resuming a run that has nothing left to do.
+    """
     out = Path(out)
-    _check_paths(Path(model_dir), Path(data_dir), out, resume, overwrite)
+    _check_paths(Path(model_dir), Path(data_dir))
+    main = is_main_process()  # under `accelerate launch` every process runs this; the first owns --out
+    try:
+        created = _make_output_dir(out)
+        with output_lock(out) if main else contextlib.nullcontext():
+            try:
+                return _plan_and_train(
+                    Path(model_dir), Path(data_dir), out, config, resume, overwrite, resume_if_possible, callbacks
+                )
+            except BaseException:
+                if main and created is not None and not complete_checkpoints(out / CHECKPOINTS):
+                    shutil.rmtree(created, ignore_errors=True)  # nothing worth keeping: leave no partial output
+                raise
+    except OSError as error:  # a full disk, a directory that is not writable: one line, not a traceback
+        raise UserError(_os_error_message(error, out)) from None
+
+
+def _plan_and_train(
+    model_dir: Path,
+    data_dir: Path,
+    out: Path,
+    config: RunConfig,
+    resume: bool,
+    overwrite: bool,
+    resume_if_possible: bool,
+    callbacks: Sequence[TrainerCallback],
+) -> dict[str, Any]:
+    run_config = normalised(to_dict(config))
+    plan = plan_run(out, run_config, resume, overwrite, resume_if_possible)  # changes nothing yet
     training = config.training
     set_seed(training.seed)
     bf16 = _use_bf16(training.precision)
@@ -62,14 +116,9 @@ def train(
         training.max_examples_per_task,
         training.seed,
     )
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        return _train_and_write(adapted, examples, tokenizer, out, config, bf16, resume, callbacks)
-    except BaseException:
-        if created and not any((out / CHECKPOINTS).glob("checkpoint-*")):
-            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no partial output
-        raise
+    if is_main_process():
+        prepare(out, plan)  # only now, with model and data loaded, is --out cleared or rewound
+    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks)
 
 
 def _train_and_write(
@@ -79,38 +128,52 @@ def _train_and_write(
     out: Path,
     config: RunConfig,
     bf16: bool,
-    resume: bool,
+    plan: Plan,
+    run_config: dict[str, Any],
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
     training = config.training
+    # What trained this run: its settings, and each resume that changed one (from which step, old and new).
+    recorded = {**run_config, "resumes": plan.resumes}
+
+    def add_run_files(checkpoint: Path) -> None:
+        (checkpoint / TRAIN_CONFIG).write_text(json.dumps(recorded, indent=1) + "\n")
+        if (out / TRAIN_LOG).is_file():
+            shutil.copyfile(out / TRAIN_LOG, checkpoint / TRAIN_LOG)
+
     trainer = MoELoRATrainer(
         model=adapted,
         args=_training_arguments(config, out / CHECKPOINTS, bf16),
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tokenizer.pad_token_id),
-        callbacks=[RoutingTracker(adapted), CsvLogger(out / "train_log.csv"), *callbacks],
+        callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG), *callbacks],
+        on_checkpoint=add_run_files,
     )
 
     tokens_before = trainer.state.num_input_tokens_seen
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+    except BaseException:
+        _close_progress_bar(trainer)  # so that an error message starts on a line of its own
+        raise
     wall_time = time.perf_counter() - started
 
     if not trainer.is_world_process_zero():
         return {}
+    steps = trainer.state.global_step
+    steps_now = steps - (step_of(plan.checkpoint) if plan.checkpoint else 0)
     adapted.eval()
-    save_adapter(adapted, out)
     stats = {"by_task": {}, "overall": {"layers": {}, "modules": {}}}  # LoRA: one expert, nothing routed
     if config.adapter.routing != "none":
         stats = _routing_stats_by_task(adapted, examples, training.routing_stats_examples, training.batch_size)
         warn_on_collapse(stats["overall"])
-    (out / "routing_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     tokens = int(trainer.state.num_input_tokens_seen) - int(tokens_before)
     metrics = {
         "method": config.adapter.method,
         "trainable_params": trainable_parameter_count(adapted),
         "active_params": sum(active_parameters(layer) for layer in adapted.adapter_layers().values()),
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "examples": len(examples),
         "train_tokens": tokens,
         "tokens_per_second": tokens / result.metrics["train_runtime"],
@@ -118,17 +181,68 @@ def _train_and_write(
         "wall_time_s": wall_time,
         "peak_memory_mb": _peak_memory_mb(),
         "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "process_max_rss",
-        "final_loss": result.training_loss,
+        # the mean loss of every step, also those before a resume (Trainer's covers this call's only)
+        "final_loss": (trainer.resumed_loss_sum + result.training_loss * steps_now) / max(steps, 1),
         "precision": "bf16" if bf16 else "fp32",
         "processes": trainer.args.world_size,
         "device": str(trainer.args.device),
     }
-    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "train_config.json").write_text(json.dumps(to_dict(config), indent=1) + "\n")
+    try:
+        save_adapter(adapted, out)
+        _write_json(out / ROUTING_FILE, stats)
+        _write_json(out / TRAIN_CONFIG, recorded)
+        _write_json(out / METRICS_FILE, metrics)  # last: marks the run finished
+    except SafetensorError as error:
+        raise UserError(
+            f"could not write the adapter into {out}: {error}; free disk space, then rerun with --resume"
+        ) from None
     return metrics
 
 
-def _check_paths(model_dir: Path, data_dir: Path, out: Path, resume: bool, overwrite: bool) -> None:
+def _close_progress_bar(trainer: MoELoRATrainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Through a temporary sibling and a rename: a kill or a full disk never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps(content, indent=1) + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error  # name the file, not its temporary
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _make_output_dir(out: Path) -> Path | None:
+    """Create ``out`` (and missing parents); returns the topmost directory created, None if it existed."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; choose a directory path")
+    created = None
+    for directory in [out, *out.parents]:
+        if directory.exists():
+            break
+        created = directory
+    out.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _os_error_message(error: OSError, out: Path) -> str:
+    culprit = error.filename or out
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        kept = complete_checkpoints(out / CHECKPOINTS)
+        then = f"continue from {kept[-1]} with --resume" if kept else "rerun"
+        return f"{culprit}: {reason}; free disk space or choose another --out, then {then}"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{culprit}: {reason}; choose an --out you can write to"
+    return f"{culprit}: {reason}"
+
+
+def _check_paths(model_dir: Path, data_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UserError(
             f"--model {model_dir} is not a transformers model directory (no config.json); "
@@ -136,11 +250,6 @@ def _check_paths(model_dir: Path, data_dir: Path, out: Path, resume: bool, overw
         )
     if not data_dir.is_dir():
         raise UserError(f"--data {data_dir} does not exist; run `medmoelora prepare-data --out {data_dir}` first")
-    checkpoints = out / CHECKPOINTS
-    if resume and not any(checkpoints.glob("checkpoint-*")):
-        raise UserError(f"--resume: no checkpoint under {checkpoints} to resume from; drop --resume to start afresh")
-    if not resume and not overwrite and ((out / CONFIG_FILE).exists() or checkpoints.exists()):
-        raise UserError(f"--out {out} already holds a training run; pass --resume to continue it or --overwrite")
 
 
 def _use_bf16(precision: str) -> bool:
