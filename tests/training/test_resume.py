@@ -169,6 +169,17 @@ def test_resume_refuses_in_one_line_a_setting_it_cannot_apply(
     assert snapshot(stopped_copy) == before
 
 
+def test_resume_refuses_other_training_data(stopped_copy, tiny_model_dir, prepared_data_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(prepared_data_dir, data)
+    with (data / "medqa" / "train.jsonl").open("a") as handle:
+        handle.write((data / "medqa" / "train.jsonl").read_text().splitlines()[0] + "\n")
+    before = snapshot(stopped_copy)
+    assert main(cli(tiny_model_dir, data, stopped_copy, "--resume")) == 2
+    assert "inputs.data" in one_error_line(capsys)
+    assert snapshot(stopped_copy) == before
+
+
 def test_resume_on_a_finished_run_changes_nothing(straight, tmp_path, tiny_model_dir, prepared_data_dir, capsys):
     out = tmp_path / "run"
     shutil.copytree(straight[0], out)

@@ -26,6 +26,10 @@ rule train:
     conda:
         "../envs/medmoelora.yaml"
     shell:
-        # --overwrite: checkpoints of an interrupted attempt are stale once Snakemake reruns the job.
+        # --resume-if-possible: a killed or preempted attempt (a rerun, or a --retries attempt) continues
+        # from its last complete checkpoint. Checkpoints live in results/train/{run}/checkpoints/, which is
+        # not a declared output, so Snakemake's removal of a failed job's outputs keeps them; each holds
+        # train_log.csv as it was, so the removed log comes back. A checkpoint of other settings or inputs
+        # (the config, model or data changed) is discarded and the run starts afresh.
         "{params.launcher} train --model {input.model} --data {input.data} --method {params.method}"
-        " --out {params.out} --overwrite {params.overrides} > {log} 2>&1"
+        " --out {params.out} --resume-if-possible {params.overrides} > {log} 2>&1"

@@ -11,15 +11,19 @@
   exactly these settings, else starts afresh, saying why.
 
 A resumed run's train_config.json records each resume that changed a setting (`resumes`: step and the
-old and new values), so it never claims that the new value trained the steps before the resume.
+old and new values), so it never claims that the new value trained the steps before the resume. It
+also records digests of the base model and the training data (`inputs`): a resume onto another model
+or other data is refused like any other change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +115,8 @@ def _resume(root: Path, config: dict[str, Any]) -> Plan:
     refused = {key: values for key, values in changed.items() if key not in APPLIED_ON_RESUME}
     if refused:
         raise UserError(
-            f"--resume: {checkpoint} was trained with other settings ({_describe(refused)}); resuming cannot "
-            "change them (they fix the data order, the learning-rate schedule or the adapter): set them back, "
+            f"--resume: {checkpoint} was trained with other settings or inputs ({_describe(refused)}); resuming "
+            "cannot change them (they fix the data, the learning-rate schedule or the adapter): set them back, "
             "or start afresh with --overwrite"
         )
     resumes = list(stored.get("resumes", []))
@@ -172,9 +176,9 @@ def prepare(out: Path, plan: Plan) -> None:
 
 
 def differences(stored: dict[str, Any], config: dict[str, Any]) -> dict[str, list[Any]]:
-    """``{"training.learning_rate": [old, new], ...}`` for every setting of either section that differs."""
+    """``{"training.learning_rate": [old, new], ...}`` for every setting or input that differs."""
     changed = {}
-    for section in ("adapter", "training"):
+    for section in ("adapter", "training", "inputs"):
         old, new = stored.get(section) or {}, config.get(section) or {}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
@@ -185,6 +189,32 @@ def differences(stored: dict[str, Any], config: dict[str, Any]) -> dict[str, lis
 def normalised(config: dict[str, Any]) -> dict[str, Any]:
     """As it reads back from JSON (tuples become lists), so that stored and new configs compare equal."""
     return json.loads(json.dumps(config))
+
+
+def input_digests(model_dir: Path, data_dir: Path, tasks: Sequence[str]) -> dict[str, str]:
+    """Digests of the base model directory and the tasks' training files (what a run reads)."""
+    model = [path for path in sorted(model_dir.iterdir()) if path.is_file()]
+    data = [data_dir / task / "train.jsonl" for task in tasks]
+    data = [path for path in data if path.is_file()]  # a missing one is build_examples' error to report
+    return {"model": _digest(model_dir, model), "data": _digest(data_dir, data)}
+
+
+_SAMPLE = 1 << 20  # bytes
+
+
+def _digest(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}:{size}\n".encode())
+        with path.open("rb") as handle:
+            if size <= 4 * _SAMPLE:
+                digest.update(handle.read())
+            else:  # model weights: reading gigabytes at each start is too slow; a re-made model differs here
+                digest.update(handle.read(_SAMPLE))
+                handle.seek(-_SAMPLE, os.SEEK_END)
+                digest.update(handle.read(_SAMPLE))
+    return digest.hexdigest()[:16]
 
 
 def say(message: str) -> None:

@@ -44,6 +44,7 @@ from medmoelora.training.resume import (
     METRICS_FILE,
     ROUTING_FILE,
     Plan,
+    input_digests,
     is_main_process,
     normalised,
     plan_run,
@@ -94,7 +95,7 @@ def _plan_and_train(
     resume_if_possible: bool,
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
-    run_config = normalised(to_dict(config))
+    run_config = normalised({**to_dict(config), "inputs": input_digests(model_dir, data_dir, config.training.tasks)})
     plan = plan_run(out, run_config, resume, overwrite, resume_if_possible)  # changes nothing yet
     training = config.training
     set_seed(training.seed)
@@ -133,7 +134,7 @@ def _train_and_write(
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
     training = config.training
-    # What trained this run: its settings, and each resume that changed one (from which step, old and new).
+    # What trained this run: its settings and input digests, and each resume that changed a setting.
     recorded = {**run_config, "resumes": plan.resumes}
 
     def add_run_files(checkpoint: Path) -> None:
