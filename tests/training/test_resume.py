@@ -132,22 +132,32 @@ def test_after_divergence_only_finite_checkpoints_are_kept(value, message, tiny_
 
 
 # ---- what --resume may change ---------------------------------------------------------------------------------
-def test_resume_applies_a_changed_learning_rate_and_records_it(
+def test_resume_applies_a_changed_learning_rate_and_weight_decay_and_records_them(
     stopped_copy, tiny_model_dir, prepared_data_dir, tmp_path
 ):
-    lower = run_config("training.learning_rate=0.005")
+    changed = run_config("training.learning_rate=0.005", "training.weight_decay=0.1")
     reference = tmp_path / "reference"
-    train(tiny_model_dir, prepared_data_dir, reference, lower)
-    train(tiny_model_dir, prepared_data_dir, stopped_copy, lower, resume=True)
+    train(tiny_model_dir, prepared_data_dir, reference, changed)
+    train(tiny_model_dir, prepared_data_dir, stopped_copy, changed, resume=True)
 
     rates = [float(row["learning_rate"]) for row in log_rows(stopped_copy)]
     expected = [float(row["learning_rate"]) for row in log_rows(reference)]
     # steps 1-3 ran at the old rate (2x); from the checkpoint on, the schedule of the new one
     assert rates[:3] == pytest.approx([2 * rate for rate in expected[:3]], rel=1e-6)
     assert rates[3:] == pytest.approx(expected[3:], rel=1e-6)
+    # every optimizer group (base experts, experts, router) ends with the reference run's hyperparameters
+    groups, expected_groups = (
+        torch.load(out / "checkpoints" / "checkpoint-6" / "optimizer.pt", weights_only=True)["param_groups"]
+        for out in (stopped_copy, reference)
+    )
+    for group, expected_group in zip(groups, expected_groups, strict=True):
+        for key in ("lr", "initial_lr", "weight_decay"):
+            assert group[key] == pytest.approx(expected_group[key], rel=1e-6), (group["name"], key)
     recorded = json.loads((stopped_copy / "train_config.json").read_text())
-    assert recorded["training"]["learning_rate"] == 0.005
-    assert recorded["resumes"] == [{"step": 3, "changed": {"training.learning_rate": [0.01, 0.005]}}]
+    assert recorded["training"]["learning_rate"] == 0.005 and recorded["training"]["weight_decay"] == 0.1
+    assert recorded["resumes"] == [
+        {"step": 3, "changed": {"training.learning_rate": [0.01, 0.005], "training.weight_decay": [0.0, 0.1]}}
+    ]
 
 
 @pytest.mark.parametrize(
