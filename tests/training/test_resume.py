@@ -160,6 +160,16 @@ def test_resume_applies_a_changed_learning_rate_and_weight_decay_and_records_the
     ]
 
 
+def test_resume_applies_changed_logging_and_save_intervals(stopped_copy, tiny_model_dir, prepared_data_dir):
+    """Trainer would keep the checkpoint's intervals (3 and 1) from its trainer_state.json."""
+    changed = run_config("training.save_steps=1", "training.logging_steps=2")
+    train(tiny_model_dir, prepared_data_dir, stopped_copy, changed, resume=True)
+    assert [int(row["step"]) for row in log_rows(stopped_copy)] == [1, 2, 3, 4, 6]
+    assert checkpoints(stopped_copy) == ["checkpoint-5", "checkpoint-6"]
+    recorded = json.loads((stopped_copy / "train_config.json").read_text())
+    assert set(recorded["resumes"][0]["changed"]) == {"training.save_steps", "training.logging_steps"}
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [
