@@ -7,9 +7,25 @@
 MMLU subject for mmlu, drawn at random with a fixed seed), so that one lm_eval call evaluates every task
 at its own limit. A random draw, not lm_eval's ``--limit`` (the first N): the first 20 documents of
 PubMedQA's test set are all "yes", so a first-N subset rewards a model that always says yes.
-``split`` reads lm_eval's results JSON and writes ``<out>/<task>.json`` for every task plus the full
-file as ``<out>/lm_eval_results.json``. ``mmlu_medical`` is computed from the ``medmoe_mmlu`` subjects
-(lm_eval refuses two groups sharing subtasks in one call), weighted by size as the group YAML does.
+``split`` reads lm_eval's output directory (``--output_path``, written with ``--log_samples``) and
+writes, for every task, ``<out>/<task>.json`` (score, lm-eval's standard error ``stderr``, the document
+count ``n``, lm-eval's raw entries) and ``<out>/<task>.samples.jsonl``, plus the full results file as
+``<out>/lm_eval_results.json``. ``mmlu_medical`` is computed from the ``medmoe_mmlu`` subjects (lm_eval
+refuses two groups sharing subtasks in one call), weighted by size as the group YAML does.
+
+``<task>.samples.jsonl`` holds one line per evaluated document, sorted by lm-eval task and doc id, so
+that two runs can be compared on the same documents::
+
+    {"task": "medmoe_mmlu_anatomy", "doc_id": 12, "correct": 1,
+     "gold": 2, "loglikelihoods": [-9.1, -8.7, -8.2, -9.0]}      # multiple choice
+    {"task": "medmoe_gsm8k", "doc_id": 3, "correct": 0,
+     "answer": null, "target": "18"}                              # generation
+
+``correct`` is lm-eval's own per-document value of the task's metric (``acc``; ``exact_match`` under the
+``strict-match`` filter for gsm8k), so its mean is the task's score. ``gold`` indexes the choices;
+``answer`` is the strict-match extraction (null where it found no answer) and ``target`` the gold
+answer after ``#### ``. ``stderr`` is null where lm-eval reports N/A (a task or subject of one
+document; a group with such a subject).
 """
 
 from __future__ import annotations
@@ -18,12 +34,16 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lm_eval.api.metrics import pooled_sample_stderr
+
+from medmoelora.data.prompts import get_prompt
 from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
 
 # Our task name -> (lm-eval task or group, metric key in lm-eval's results). Scores are fractions.
@@ -36,6 +56,10 @@ TASKS: dict[str, tuple[str, str]] = {
 }
 LEAF_TASKS = ("medqa", "pubmedqa", "gsm8k")  # one lm-eval task each; mmlu is one task per subject
 FULL_RESULTS = "lm_eval_results.json"
+SAMPLES_SUFFIX = ".samples.jsonl"
+# lm-eval's --log_samples file per leaf task: samples_<task>_<date_id>.jsonl, date_id an ISO time with "-".
+_SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(\.\d+)?\.jsonl")
+_NO_ANSWER = "[invalid]"  # what lm-eval's regex filter returns when the pattern does not match
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -76,25 +100,108 @@ def samples(data_dir: Path, limits: dict[str, int | None], seed: int = 0) -> dic
     return out
 
 
-def score(results: dict[str, Any], task: str) -> dict[str, Any]:
-    """One task's entry for ``<task>.json``: score (fraction), documents, and lm-eval's raw entries."""
-    name, metric = TASKS[task]
+def leaf_tasks(results: dict[str, Any], task: str) -> list[str]:
+    """The lm-eval tasks whose documents make up one of our tasks (the subjects for mmlu)."""
+    name = TASKS[task][0]
     if task == "mmlu_medical":
-        subtasks = {
-            f"medmoe_mmlu_{subject}": results["results"][f"medmoe_mmlu_{subject}"] for subject in MMLU_MEDICAL_SUBJECTS
-        }
+        return [f"medmoe_mmlu_{subject}" for subject in MMLU_MEDICAL_SUBJECTS]
+    if task == "mmlu":
+        return list(results["group_subtasks"][name])
+    return [name]
+
+
+def score(results: dict[str, Any], task: str) -> dict[str, Any]:
+    """One task's entry for ``<task>.json``: score (fraction), lm-eval's standard error, documents, and
+    lm-eval's raw entries."""
+    name, metric = TASKS[task]
+    metric_name, _, filter_key = metric.partition(",")
+    stderr_key = f"{metric_name}_stderr,{filter_key}"
+    if task == "mmlu_medical":
+        subtasks = {leaf: results["results"][leaf] for leaf in leaf_tasks(results, task)}
         sizes = [entry["sample_len"] for entry in subtasks.values()]
         value = sum(entry[metric] * size for entry, size in zip(subtasks.values(), sizes, strict=True)) / sum(sizes)
+        stderrs = [entry[stderr_key] for entry in subtasks.values()]
+        # As lm-eval aggregates a size-weighted group: pooled, N/A when a subject's stderr is N/A.
+        stderr = "N/A" if "N/A" in stderrs else float(pooled_sample_stderr(stderrs, sizes))
         entry: dict[str, Any] = {"derived_from": "medmoe_mmlu subjects, weighted by size", "subtasks": subtasks}
     elif task == "mmlu":
         group = results["groups"][name]
-        subtasks = {sub: results["results"][sub] for sub in results["group_subtasks"][name]}
-        value, sizes = group[metric], [group["sample_len"]]
+        subtasks = {sub: results["results"][sub] for sub in leaf_tasks(results, task)}
+        value, sizes, stderr = group[metric], [group["sample_len"]], group[stderr_key]
         entry = {"group": group, "subtasks": subtasks}
     else:
         value, sizes = results["results"][name][metric], [results["results"][name]["sample_len"]]
+        stderr = results["results"][name][stderr_key]
         entry = {"results": results["results"][name], "n-samples": results["n-samples"][name]}
-    return {"task": task, "lm_eval_task": name, "metric": metric, "score": value, "documents": sum(sizes), **entry}
+    return {
+        "task": task,
+        "lm_eval_task": name,
+        "metric": metric,
+        "score": value,
+        "stderr": None if stderr == "N/A" else stderr,
+        "documents": sum(sizes),
+        "n": sum(sizes),
+        **entry,
+    }
+
+
+def find_samples_files(raw_dir: Path) -> dict[str, Path]:
+    """``{lm-eval task: its --log_samples file}`` under an lm_eval output directory."""
+    found: dict[str, Path] = {}
+    for path in sorted(raw_dir.rglob("samples_*.jsonl")):
+        match = _SAMPLES_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        if match["task"] in found:
+            raise SystemExit(f"error: two samples files for {match['task']} under {raw_dir}: use one lm_eval run")
+        found[match["task"]] = path
+    return found
+
+
+def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[str, Any]) -> dict[str, Any]:
+    """One lm-eval --log_samples record as one line of ``<task>.samples.jsonl`` (see module doc)."""
+    metric_name = metric.partition(",")[0]
+    correct = record[metric_name]
+    if correct not in (0, 1):
+        raise SystemExit(f"error: {task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
+    compact: dict[str, Any] = {"task": task, "doc_id": int(record["doc_id"]), "correct": int(correct)}
+    if config["output_type"] == "multiple_choice":
+        # filtered_resps: one [loglikelihood, is_greedy] per choice, as strings (lm-eval's sanitize_list)
+        loglikelihoods = [float(loglikelihood) for loglikelihood, _greedy in record["filtered_resps"]]
+        prompt = get_prompt(config["metadata"]["task_id"])
+        target = prompt.doc_to_target(record["doc"])
+        gold = target if isinstance(target, int) else prompt.doc_to_choice(record["doc"]).index(target)
+        # lm-eval's acc: argmax of the loglikelihoods (the first of ties) is the gold choice
+        predicted = max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)
+        if int(predicted == gold) != compact["correct"]:
+            raise SystemExit(
+                f"error: {task} doc {record['doc_id']}: {metric_name} = {correct} disagrees with the "
+                f"loglikelihoods {loglikelihoods} and gold choice {gold}; is this lm-eval's samples format?"
+            )
+        compact.update(gold=gold, loglikelihoods=loglikelihoods)
+    else:
+        (answer,) = record["filtered_resps"]
+        target = record["target"].rsplit("#### ", 1)[-1].strip()
+        compact.update(answer=None if answer == _NO_ANSWER else answer, target=target)
+    return compact
+
+
+def task_samples(results: dict[str, Any], files: dict[str, Path], task: str) -> list[dict[str, Any]]:
+    """Every document of one of our tasks, compacted, in lm-eval task and doc id order."""
+    metric = TASKS[task][1]
+    filter_key = metric.partition(",")[2]
+    compacted = []
+    for leaf in sorted(leaf_tasks(results, task)):
+        if leaf not in files:
+            raise SystemExit(f"error: no lm_eval samples file for {leaf}: run lm_eval with --log_samples")
+        with files[leaf].open(encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        chosen = [record for record in records if record["filter"] == filter_key]
+        compacted += sorted(
+            (compact_sample(record, leaf, metric, results["configs"][leaf]) for record in chosen),
+            key=lambda sample: sample["doc_id"],
+        )
+    return compacted
 
 
 def split(raw_dir: Path, run: str, out: Path) -> None:
@@ -103,10 +210,18 @@ def split(raw_dir: Path, run: str, out: Path) -> None:
         raise SystemExit(f"error: expected one lm_eval results_*.json under {raw_dir}, found {len(found)}")
     text = found[0].read_text(encoding="utf-8")
     results = json.loads(text)
+    files = find_samples_files(raw_dir)
+    outputs = {}  # everything is read and checked before the first file is written
     for task in TASKS:
         record = {"run": run, "model_args": results["config"]["model_args"], **score(results, task)}
-        write_atomic(out / f"{task}.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
-    write_atomic(out / FULL_RESULTS, text)
+        documents = task_samples(results, files, task)
+        if len(documents) != record["n"]:
+            raise SystemExit(f"error: {task}: {len(documents)} logged samples for {record['n']} documents")
+        outputs[f"{task}{SAMPLES_SUFFIX}"] = "".join(json.dumps(doc, sort_keys=True) + "\n" for doc in documents)
+        outputs[f"{task}.json"] = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    outputs[FULL_RESULTS] = text
+    for name, content in outputs.items():
+        write_atomic(out / name, content)
 
 
 def load_score(eval_dir: Path, run: str, task: str) -> float:
@@ -135,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--limits", nargs="+", required=True, metavar="TASK=N", help="N per task (per subject: mmlu)")
     make.add_argument("--seed", type=int, default=0, help="seed of the per-task document draw")
     make.add_argument("--out", type=Path, required=True)
-    cut = commands.add_parser("split", help="lm_eval output directory -> <out>/<task>.json")
-    cut.add_argument("raw_dir", type=Path, help="lm_eval --output_path directory")
+    cut = commands.add_parser("split", help="lm_eval output directory -> <out>/<task>.json, <task>.samples.jsonl")
+    cut.add_argument("raw_dir", type=Path, help="lm_eval --output_path directory (run with --log_samples)")
     cut.add_argument("--run", required=True)
     cut.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

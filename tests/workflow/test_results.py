@@ -1,11 +1,27 @@
-"""The evaluation subset: a seeded draw per task, the same for every run, not the first N documents."""
+"""medmoelora_eval.results: the evaluation subset (a seeded draw per task, the same for every run, not the
+first N documents), and `split`, which turns one lm_eval output directory into our per-task files."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from medmoelora_eval.results import samples
+import pytest
+
+from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
+from medmoelora_eval.results import TASKS, samples, split
+from medmoelora_eval.results import main as results_main
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "eval" / "fixtures" / "processed"
+MMLU_TASKS = REPO / "benchmark" / "tasks" / "medmoe_mmlu"
+LM_EVAL = Path(sys.executable).with_name("lm_eval")
+EVAL_TASKS = "medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu"  # as the eval rule asks for them
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def write_task(data: Path, task: str, split: str, records: list[dict]) -> None:
@@ -28,3 +44,117 @@ def test_samples_are_a_seeded_draw_per_task(tmp_path):
     assert chosen["medmoe_gsm8k"] == list(range(5))  # a limit above the count takes every document
     assert len(chosen["medmoe_mmlu_anatomy"]) == 3 and len(chosen["medmoe_mmlu_virology"]) == 3
     assert samples(tmp_path, {**limits, "medqa": None})["medmoe_medqa"] == list(range(50))
+
+
+# ---- split: lm_eval's per-document output, compacted ----------------------------------------------------------
+LIMITS = ["medqa=2", "pubmedqa=3", "gsm8k=2", "mmlu=2"]
+PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
+
+
+def every_subject_data(fixtures: Path, out: Path) -> Path:
+    """The fixture records, with two test records (copies of the first) for each MMLU subject they lack:
+    medmoe_mmlu is a group of all 57 subjects and needs documents in each."""
+    shutil.copytree(fixtures, out)
+    subjects = sorted(path.stem.removeprefix("medmoe_mmlu_") for path in MMLU_TASKS.glob("medmoe_mmlu_*.yaml"))
+    for part in ("test", "dev"):
+        path = out / "mmlu" / f"{part}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        present = {record["subject"] for record in records}
+        records += [{**records[0], "subject": s} for s in subjects if s not in present for _ in range(2)]
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dummy_eval(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(prepared data, lm_eval output) of lm-eval's `dummy` model (random loglikelihoods, answers "lol") on
+    every task, run as the eval rule runs it (a --samples draw, --log_samples)."""
+    root = tmp_path_factory.mktemp("split")
+    data = every_subject_data(FIXTURES, root / "data")
+    results_main(["samples", "--data", str(data), "--limits", *LIMITS, "--out", str(root / "samples.json")])
+    command = [str(LM_EVAL), "--model", "dummy", "--include_path", "benchmark/tasks", "--tasks", EVAL_TASKS]
+    command += ["--samples", str(root / "samples.json"), "--metadata", json.dumps({"data_dir": str(data)})]
+    command += ["--seed", "0", "--output_path", str(root / "raw"), "--log_samples"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=OFFLINE)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return data, root / "raw"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_split_writes_every_document_as_lm_eval_scored_it(dummy_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    data, raw = dummy_eval
+    split(raw, "dummy", tmp_path)
+    (results_file,) = raw.glob("*/results_*.json")
+    lm = json.loads(results_file.read_text(encoding="utf-8"))
+    drawn = json.loads((data.parent / "samples.json").read_text())
+    for task in TASKS:
+        record = json.loads((tmp_path / f"{task}.json").read_text())
+        documents = read_jsonl(tmp_path / f"{task}.samples.jsonl")
+        assert record["n"] == record["documents"] == len(documents)
+        assert sum(doc["correct"] for doc in documents) / len(documents) == pytest.approx(record["score"], abs=1e-12)
+        by_leaf: dict[str, list[dict]] = {}
+        for doc in documents:
+            by_leaf.setdefault(doc["task"], []).append(doc)
+        for leaf, docs in by_leaf.items():
+            assert [doc["doc_id"] for doc in docs] == drawn[leaf]  # the drawn documents, in order
+            assert sum(doc["correct"] for doc in docs) / len(docs) == pytest.approx(lm["results"][leaf][TASKS[task][1]])
+    # lm-eval's stderr: of the task, of the group; mmlu_medical pools its subjects as lm-eval pools a group
+    stderr = {task: json.loads((tmp_path / f"{task}.json").read_text())["stderr"] for task in TASKS}
+    assert stderr["medqa"] == lm["results"]["medmoe_medqa"]["acc_stderr,none"]
+    assert stderr["mmlu"] == lm["groups"]["medmoe_mmlu"]["acc_stderr,none"]
+    medical = read_jsonl(tmp_path / "mmlu_medical.samples.jsonl")
+    assert {doc["task"] for doc in medical} == {f"medmoe_mmlu_{s}" for s in MMLU_MEDICAL_SUBJECTS}
+    sizes = [lm["results"][f"medmoe_mmlu_{s}"]["sample_len"] for s in MMLU_MEDICAL_SUBJECTS]
+    accs = [lm["results"][f"medmoe_mmlu_{s}"]["acc,none"] for s in MMLU_MEDICAL_SUBJECTS]
+    weighted = sum(a * n for a, n in zip(accs, sizes, strict=True)) / sum(sizes)
+    assert sum(doc["correct"] for doc in medical) / len(medical) == pytest.approx(weighted, abs=1e-12)
+    assert stderr["mmlu_medical"] == pytest.approx(pooled_stderr(medical))
+
+
+def pooled_stderr(documents: list[dict]) -> float:
+    """lm-eval's stderr of a size-weighted group, from the documents: the pooled within-subject variance."""
+    by_subject: dict[str, list[int]] = {}
+    for doc in documents:
+        by_subject.setdefault(doc["task"], []).append(doc["correct"])
+    squares = sum(sum((x - sum(xs) / len(xs)) ** 2 for x in xs) for xs in by_subject.values())
+    total = sum(len(xs) for xs in by_subject.values())
+    return (squares / (total - len(by_subject)) / total) ** 0.5
+
+
+@pytest.mark.slow
+def test_split_keeps_choices_gold_and_answers(dummy_eval: tuple[Path, Path], tmp_path: Path) -> None:
+    data, raw = dummy_eval
+    split(raw, "dummy", tmp_path)
+    medqa = read_jsonl(data / "medqa" / "test.jsonl")
+    logged = {record["doc_id"]: record for record in read_jsonl(next(raw.glob("*/samples_medmoe_medqa_*.jsonl")))}
+    for doc in read_jsonl(tmp_path / "medqa.samples.jsonl"):
+        assert doc["loglikelihoods"] == [float(ll) for ll, _ in logged[doc["doc_id"]]["filtered_resps"]]
+        assert len(doc["loglikelihoods"]) == 4 and doc["gold"] == medqa[doc["doc_id"]]["label"]
+        assert doc["correct"] == int(max(range(4), key=doc["loglikelihoods"].__getitem__) == doc["gold"])
+    pubmedqa = read_jsonl(data / "pubmedqa" / "test.jsonl")
+    for doc in read_jsonl(tmp_path / "pubmedqa.samples.jsonl"):
+        assert doc["gold"] == PUBMEDQA_CHOICES.index(pubmedqa[doc["doc_id"]]["final_decision"])
+        assert len(doc["loglikelihoods"]) == 3
+    gsm8k = read_jsonl(data / "gsm8k" / "test.jsonl")
+    for doc in read_jsonl(tmp_path / "gsm8k.samples.jsonl"):
+        assert doc["answer"] is None and doc["correct"] == 0  # "lol": strict-match finds no "#### <number>"
+        assert doc["target"] == gsm8k[doc["doc_id"]]["answer"].split("#### ")[-1]
+        assert "loglikelihoods" not in doc
+
+
+@pytest.mark.slow
+def test_split_without_log_samples_fails_in_one_line_and_writes_nothing(
+    dummy_eval: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, raw = dummy_eval
+    results_only = tmp_path / "raw"
+    (results_file,) = raw.glob("*/results_*.json")
+    (results_only / "model").mkdir(parents=True)
+    shutil.copy(results_file, results_only / "model" / results_file.name)
+    with pytest.raises(SystemExit, match=r"^error: no lm_eval samples file for .* --log_samples$"):
+        split(results_only, "dummy", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

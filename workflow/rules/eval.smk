@@ -2,7 +2,9 @@
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
 # samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
-# one-sided: the first 20 PubMedQA test questions are all "yes").
+# one-sided: the first 20 PubMedQA test questions are all "yes"). --log_samples keeps every document's
+# outcome: results/eval/<run>/<task>.samples.jsonl (loglikelihood per choice, correct or not), so that two
+# runs can be compared document by document.
 
 
 rule eval_samples:
@@ -29,6 +31,7 @@ rule eval:
         adapter=get_eval_adapter,
     output:
         expand("results/eval/{{run}}/{task}.json", task=EVAL_TASKS),
+        expand("results/eval/{{run}}/{task}.samples.jsonl", task=EVAL_TASKS),
         full="results/eval/{run}/lm_eval_results.json",
     log:
         "logs/eval/{run}.log",
@@ -54,6 +57,6 @@ rule eval:
         lm_eval --model {params.model} --model_args {params.model_args} --include_path benchmark/tasks \
             --tasks medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu --samples {input.samples} \
             --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
-            --output_path "$raw" > {log} 2>&1
+            --output_path "$raw" --log_samples > {log} 2>&1
         python -m medmoelora_eval.results split "$raw" --run {wildcards.run} --out {params.out} 2>> {log}
         """
