@@ -3,23 +3,59 @@
 - results/table1.csv matches the committed golden file: parameter counts exactly, scores within
   SCORE_TOLERANCE percentage points (equal at the CSV's 4 decimals; a different CPU or torch build can
   flip a near-tied answer of the random tiny model: regenerate with MEDMOE_UPDATE_GOLDEN=1 and review).
+- The method's fingerprint (tests/workflow/fingerprint.py) matches golden/fingerprint.json: every
+  document's loglikelihood per choice, per run; each trained run's losses and aux losses per step, final
+  loss, expert shares per layer and learned tau per layer. table1.csv cannot see the method (four to 57
+  documents, rounded to percentages: med_moe_lora with its aux losses off, its router frozen, or a
+  fixed tau gives the same table); the fingerprint can, and the mutation tests below show it.
+- Per-document results: each <task>.samples.jsonl has the task's documents, and its mean `correct` is
+  the task's score.
 - Determinism: the table rule rerun on the same eval outputs gives a byte-identical table1.csv, and a
   second, complete run of a cheap subset from scratch (data, model, LoRA training, its evaluation)
   gives byte-identical eval outputs. (A second full run would double the test's time.)
 - Failure: a failing rule leaves no output behind, and rerunning continues from the completed jobs.
+- Mutations: med_moe_lora retrained (in this process, two steps, from its recorded train_config.json)
+  unchanged matches the golden fingerprint; with its aux losses off, its router's gradient cut, or tau
+  fixed, it does not.
+
+Tolerances (fingerprint.TOLERANCES), from what was measured here against one complete run:
+- variation: a second complete run, jobs at one or at two threads, and med_moe_lora retrained in the
+  test process at one or two threads are bit-identical (timing columns aside). Kernels of another CPU,
+  emulated with ATEN_CPU_CAPABILITY=avx2 or default and MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2, move
+  the logged losses by up to 9.5e-7 (1e-7 relative), the final loss by 4.8e-7, expert shares by 3e-9,
+  tau not at all, and loglikelihoods by up to 1.9e-6 (one to two float32 steps at -11; batch size 1
+  instead of 8: 9.5e-7).
+- loglikelihood, 1e-4 nats: 50 times that. Aux losses off or the router's gradient cut move every
+  multiple-choice document (median 1.8e-4, up to 1.0e-3); fixed tau moves them by 6e-6 at most, below
+  any safe tolerance after two steps: learned tau shows it instead.
+- logged values and final loss, 1e-5 relative: 100 times the 1e-7 measured. The router's gradient cut
+  moves the grad norm and the balance loss by 1e-3 relative; fixed tau moves the logged mean tau by
+  1e-3; aux losses off drops the aux loss columns and moves the final loss by 1e-3 relative.
+- expert shares per layer, 1e-6: 300 times the 3e-9 measured. The router's gradient cut moves them by
+  3e-4 to 1.2e-3 per layer, aux losses off by 4e-4 to 1.4e-3.
+- learned tau per layer, 1e-5: none measured; a hundred float32 steps at 1. Fixed tau is 8e-4 to
+  1.4e-3 away, aux losses off 8e-4 to 1.4e-3.
+
+Regenerate the golden files after an intended change, then review their diff:
+
+    MEDMOE_UPDATE_GOLDEN=1 pytest tests/workflow/test_workflow_tiny_dag.py
 
 About 3 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 
+from tests.workflow.fingerprint import compare, fingerprint, quantity, read_jsonl, train_fingerprint
 from tests.workflow.helpers import GOLDEN, RAW_DATA, snakemake, workflow_copy
 
 pytestmark = [
@@ -29,6 +65,9 @@ pytestmark = [
 TINY = ("--configfile", "config/tiny.yaml", "--cores", "2")
 SCORE_TOLERANCE = 0.01  # percentage points
 PARAMETER_COLUMNS = ["Trainable params", "Active params"]
+RUNS = ["base", "lora", "multi_lora", "uniform_moe", "med_moe_lora"]  # table1's rows
+TASKS = ["medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical"]
+UPDATE_GOLDEN = bool(os.environ.get("MEDMOE_UPDATE_GOLDEN"))
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +80,39 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_table1_matches_golden(tiny_run: Path) -> None:
     table = pd.read_csv(tiny_run / "results/table1.csv")
-    if os.environ.get("MEDMOE_UPDATE_GOLDEN"):
+    if UPDATE_GOLDEN:
         GOLDEN.mkdir(exist_ok=True)
         shutil.copyfile(tiny_run / "results/table1.csv", GOLDEN / "table1.csv")
     golden = pd.read_csv(GOLDEN / "table1.csv")
     assert list(table.columns) == list(golden.columns)
-    assert list(table["run"]) == ["base", "lora", "multi_lora", "uniform_moe", "med_moe_lora"]
+    assert list(table["run"]) == RUNS
     pd.testing.assert_frame_equal(table[PARAMETER_COLUMNS], golden[PARAMETER_COLUMNS])
     scores = [column for column in table.columns if column not in ["run", *PARAMETER_COLUMNS]]
     pd.testing.assert_frame_equal(table[scores], golden[scores], check_exact=False, rtol=0, atol=SCORE_TOLERANCE)
+
+
+def golden_fingerprint() -> dict[str, Any]:
+    return json.loads((GOLDEN / "fingerprint.json").read_text(encoding="utf-8"))
+
+
+def test_method_fingerprint_matches_golden(tiny_run: Path) -> None:
+    found = fingerprint(tiny_run, RUNS)
+    if UPDATE_GOLDEN:
+        GOLDEN.mkdir(exist_ok=True)
+        (GOLDEN / "fingerprint.json").write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    problems = compare(golden_fingerprint(), found)
+    assert not problems, f"{len(problems)} differences from golden/fingerprint.json:\n" + "\n".join(problems[:40])
+
+
+def test_per_document_results_make_the_scores(tiny_run: Path) -> None:
+    drawn = json.loads((tiny_run / "results/eval/samples.json").read_text(encoding="utf-8"))
+    for run in RUNS:
+        for task in TASKS:
+            result = json.loads((tiny_run / f"results/eval/{run}/{task}.json").read_text(encoding="utf-8"))
+            documents = read_jsonl(tiny_run / f"results/eval/{run}/{task}.samples.jsonl")
+            assert len(documents) == result["n"] == sum(len(drawn[leaf]) for leaf in {d["task"] for d in documents})
+            assert sum(d["correct"] for d in documents) / len(documents) == pytest.approx(result["score"], abs=1e-12)
+            assert "stderr" in result
 
 
 def test_table_rule_is_byte_identical_on_rerun(tiny_run: Path) -> None:
@@ -61,7 +124,7 @@ def test_table_rule_is_byte_identical_on_rerun(tiny_run: Path) -> None:
 
 def test_second_run_from_scratch_is_identical(tiny_run: Path, tmp_path: Path) -> None:
     workdir = workflow_copy(tmp_path / "again")
-    outputs = [f"results/eval/lora/{task}.json" for task in ("medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical")]
+    outputs = [f"results/eval/lora/{task}{suffix}" for task in TASKS for suffix in (".json", ".samples.jsonl")]
     result = snakemake(workdir, *outputs, *TINY)
     assert result.returncode == 0, result.stderr[-5000:]
     for output in [*outputs, "results/train/lora/adapter_model.safetensors", "results/eval/samples.json"]:
@@ -90,3 +153,55 @@ def test_failed_rule_leaves_no_output_and_rerun_continues(tiny_run: Path) -> Non
     assert "rule table1:" in log and "rule train:" not in log and "rule eval:" not in log, log
     assert os.stat(tiny_run / "results/train/lora/adapter_model.safetensors").st_mtime_ns == adapter_time
     assert table1.read_bytes() == expected
+
+
+# ---- mutations of med_moe_lora: each must fail the golden fingerprint ------------------------------------------
+def cut_router_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every router built from now on returns detached logits: W_g gets no gradient (tau still does)."""
+    from medmoelora.layer import MoELoRALinear
+
+    build = MoELoRALinear.__init__
+
+    def build_with_cut_router(self: MoELoRALinear, *args: Any, **kwargs: Any) -> None:
+        build(self, *args, **kwargs)
+        if self.router is not None:
+            self.router.register_forward_hook(lambda module, inputs, logits: logits.detach())
+
+    monkeypatch.setattr(MoELoRALinear, "__init__", build_with_cut_router)
+
+
+# mutation -> (adapter overrides, patch, the fingerprint quantities that must show it)
+MUTATIONS = {
+    "unchanged": ({}, None, set()),
+    "aux_losses_off": (
+        {"balance_weight": 0.0, "preservation_weight": 0.0, "base_l2_weight": 0.0},
+        None,
+        {"log", "final_loss", "routing", "tau"},
+    ),
+    "router_gradient_cut": ({}, cut_router_gradient, {"log", "routing"}),
+    "fixed_tau": ({"learn_temperature": False}, None, {"log", "tau"}),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_mutated_method_fails_the_fingerprint(
+    tiny_run: Path, mutation: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medmoelora.training.config import build_run_config
+    from medmoelora.training.run import train
+
+    overrides, patch, expected = MUTATIONS[mutation]
+    if patch is not None:
+        patch(monkeypatch)
+    recorded = json.loads((tiny_run / "results/train/med_moe_lora/train_config.json").read_text(encoding="utf-8"))
+    adapter = {**recorded["adapter"], **overrides}
+    config = build_run_config(adapter["method"], {"adapter": adapter, "training": recorded["training"]})
+    train(tiny_run / "resources/models/tiny", tiny_run / "data/processed", tmp_path / "run", config)
+
+    problems = compare(golden_fingerprint()["med_moe_lora"]["train"], train_fingerprint(tmp_path / "run"))
+    shown = {quantity(problem.split(":")[0]) for problem in problems}
+    print(f"{mutation} at {torch.get_num_threads()} threads:", *problems, sep="\n  ")
+    if expected:
+        assert expected <= shown, f"{mutation} does not show in {sorted(expected - shown)}:\n" + "\n".join(problems)
+    else:
+        assert not problems, "the unchanged method differs from golden/fingerprint.json:\n" + "\n".join(problems)
