@@ -8,21 +8,32 @@ creation; every error names the field, the value received and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.validation import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    build,
+    coerce_fields,
+)
 
+Method = Literal["lora", "multi_lora", "uniform_moe", "med_moe_lora"]
 Routing = Literal["none", "task", "soft"]
 ScheduleKind = Literal["uniform", "step", "power"]
-
 # Llama-family projection names; a layer index comes from the `layers.<i>.` part of a module path.
-LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-METHODS = ("lora", "multi_lora", "uniform_moe", "med_moe_lora")
-ROUTINGS = ("none", "task", "soft")
-SCHEDULES = ("uniform", "step", "power")
+TargetModule = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+OpenFraction = Annotated[float, Range(gt=0, lt=1)]
+
+LLAMA_TARGET_MODULES: tuple[str, ...] = get_args(TargetModule)
+METHODS: tuple[str, ...] = get_args(Method)
+ROUTINGS: tuple[str, ...] = get_args(Routing)
+SCHEDULES: tuple[str, ...] = get_args(ScheduleKind)
 DOMAINS = ("general", "medical")  # domain label 0 = general, 1 = medical
 
 
@@ -41,30 +52,21 @@ class ExpertSchedule:
     """
 
     kind: ScheduleKind = "uniform"
-    num_experts: int = 4
-    min_experts: int = 2
-    max_experts: int = 8
-    split_fraction: float = 2 / 3
-    gamma: float = 1.0
+    num_experts: PositiveInt = 4
+    min_experts: PositiveInt = 2
+    max_experts: PositiveInt = 8
+    split_fraction: OpenFraction = 2 / 3
+    gamma: PositiveFloat = 1.0
     inverted: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise unknown_name("expert_schedule.kind", self.kind, SCHEDULES)
-        for name in ("num_experts", "min_experts", "max_experts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"expert_schedule.{name}", value, "must be an integer >= 1")
+        coerce_fields(self, prefix="expert_schedule.")  # types and ranges, from the hints above
         if self.min_experts > self.max_experts:
             raise ConfigError(
                 "expert_schedule.min_experts",
                 self.min_experts,
                 f"must be <= max_experts ({self.max_experts})",
             )
-        if not 0.0 < self.split_fraction < 1.0:
-            raise ConfigError("expert_schedule.split_fraction", self.split_fraction, "must lie in (0, 1)")
-        if not self.gamma > 0:
-            raise ConfigError("expert_schedule.gamma", self.gamma, "must be > 0")
 
     def experts_per_layer(self, num_layers: int) -> list[int]:
         """Expert count of every decoder layer, bottom (0) to top (L - 1)."""
@@ -103,55 +105,39 @@ class AdapterConfig:
     loss sends general-domain tokens to them and medical tokens to the specialists.
     """
 
-    method: str = "med_moe_lora"
+    method: Method = "med_moe_lora"
     base_model: str | None = None
-    target_modules: tuple[str, ...] = LLAMA_TARGET_MODULES
+    target_modules: tuple[TargetModule, ...] = LLAMA_TARGET_MODULES
     expert_schedule: ExpertSchedule = field(default_factory=ExpertSchedule)
-    ranks: tuple[int, ...] = (8,)
-    alphas: tuple[float, ...] | None = None
-    dropout: float = 0.0
+    ranks: tuple[PositiveInt, ...] = (8,)  # one rank (`ranks: 8`) is a one-entry list
+    alphas: tuple[PositiveFloat, ...] | None = None
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     routing: Routing = "soft"
-    top_k: int | None = None
-    temperature: float = 1.0
+    top_k: PositiveInt | None = None
+    temperature: PositiveFloat = 1.0
     learn_temperature: bool = False
-    num_base_experts: int = 0
-    base_lr_scale: float = 1.0
-    base_l2_weight: float = 0.0
-    balance_weight: float = 0.0
-    preservation_weight: float = 0.0
-    preservation_delta: float = 0.5
+    num_base_experts: NonNegativeInt = 0
+    base_lr_scale: PositiveFloat = 1.0
+    base_l2_weight: NonNegativeFloat = 0.0
+    balance_weight: NonNegativeFloat = 0.0
+    preservation_weight: NonNegativeFloat = 0.0
+    preservation_delta: OpenFraction = 0.5
     task_names: tuple[str, ...] = ()
     eval_task_map: Mapping[str, str] = field(default_factory=dict)
     fallback_task: str | None = None
 
     def __post_init__(self) -> None:
-        # Accept lists from YAML/JSON and store tuples so that the config is hashable and frozen.
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        object.__setattr__(self, "ranks", tuple(self.ranks))
-        object.__setattr__(self, "task_names", tuple(self.task_names))
-        object.__setattr__(self, "eval_task_map", dict(self.eval_task_map))
-        if self.alphas is not None:
-            object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if isinstance(self.expert_schedule, Mapping):
-            object.__setattr__(self, "expert_schedule", _build(ExpertSchedule, self.expert_schedule))
+        # Types and ranges from the hints above (lists from YAML/JSON become tuples: hashable, frozen),
+        # then the rules that relate fields.
+        coerce_fields(self)
         self._validate()
 
     # ----------------------------------------------------------------------------------------------
     def _validate(self) -> None:
-        if self.method not in METHODS:
-            raise unknown_name("method", self.method, METHODS)
-        if self.routing not in ROUTINGS:
-            raise unknown_name("routing", self.routing, ROUTINGS)
         if not self.target_modules:
             raise ConfigError("target_modules", self.target_modules, "name at least one module")
-        for name in self.target_modules:
-            if name not in LLAMA_TARGET_MODULES:
-                raise unknown_name("target module", name, LLAMA_TARGET_MODULES)
         if not self.ranks:
             raise ConfigError("ranks", self.ranks, "give at least one rank")
-        for rank in self.ranks:
-            if not isinstance(rank, int) or rank <= 0:
-                raise ConfigError("ranks", self.ranks, "every rank must be an integer > 0")
         largest, smallest = self.expert_schedule.largest(), self.expert_schedule.smallest()
         if len(self.ranks) > largest:
             raise ConfigError(
@@ -160,19 +146,12 @@ class AdapterConfig:
                 f"{len(self.ranks)} ranks but no layer has more than {largest} experts, so "
                 f"ranks[{largest}:] would never be used; give at most {largest}",
             )
-        if self.alphas is not None:
-            if len(self.alphas) != len(self.ranks):
-                raise ConfigError("alphas", self.alphas, f"give one alpha per rank ({len(self.ranks)})")
-            if any(not alpha > 0 for alpha in self.alphas):
-                raise ConfigError("alphas", self.alphas, "every alpha must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("dropout", self.dropout, "must lie in [0, 1)")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ConfigError("temperature", self.temperature, "tau must be a finite number > 0")
+        if self.alphas is not None and len(self.alphas) != len(self.ranks):
+            raise ConfigError("alphas", self.alphas, f"give one alpha per rank ({len(self.ranks)})")
         if self.top_k is not None:
             if self.routing != "soft":
                 raise ConfigError("top_k", self.top_k, "top-k applies to routing 'soft' only; set it to null")
-            if not isinstance(self.top_k, int) or not 1 <= self.top_k <= smallest:
+            if self.top_k > smallest:
                 raise ConfigError(
                     "top_k",
                     self.top_k,
@@ -186,7 +165,7 @@ class AdapterConfig:
             )
         if self.routing == "task":
             self._validate_task_routing()
-        if self.num_base_experts < 0 or (self.num_base_experts > 0 and self.num_base_experts >= smallest):
+        if self.num_base_experts > 0 and self.num_base_experts >= smallest:
             raise ConfigError(
                 "num_base_experts",
                 self.num_base_experts,
@@ -195,13 +174,6 @@ class AdapterConfig:
             )
         if self.num_base_experts and self.routing != "soft":
             raise ConfigError("num_base_experts", self.num_base_experts, "base experts need routing 'soft'")
-        for name in ("base_l2_weight", "balance_weight", "preservation_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, getattr(self, name), "must be >= 0")
-        if not self.base_lr_scale > 0:
-            raise ConfigError("base_lr_scale", self.base_lr_scale, "must be > 0")
-        if not 0.0 < self.preservation_delta < 1.0:
-            raise ConfigError("preservation_delta", self.preservation_delta, "must lie in (0, 1)")
         if self.preservation_weight > 0 and self.num_base_experts == 0:
             raise ConfigError(
                 "preservation_weight",
@@ -255,7 +227,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
-        return _build(cls, data)
+        return build(cls, data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AdapterConfig:
@@ -267,19 +239,10 @@ class AdapterConfig:
                 **PRESETS[name].get("expert_schedule", {}),
                 **overrides["expert_schedule"],
             }
-        return _build(cls, merged)
+        return build(cls, merged)
 
     def replace(self, **changes: Any) -> AdapterConfig:
-        return _build(AdapterConfig, {**self.to_dict(), **changes})
-
-
-def _build(cls: type, data: Mapping[str, Any]) -> Any:
-    """Construct a config dataclass, naming any key it does not know."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            raise unknown_name(f"{cls.__name__} field", key, known)
-    return cls(**data)
+        return build(AdapterConfig, {**self.to_dict(), **changes})
 
 
 # The four methods of the comparison, plus the paper's own Llama-3-8B setting. Everything not named
@@ -354,7 +317,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` from the command line, the value parsed as YAML (`ranks=[8,16]`, `top_k=2`)."""
     import yaml
 
-    if "=" not in text:
+    key, equals, raw = text.partition("=")
+    if not equals or not key.strip():
         raise UserError(f"override {text!r} is not of the form key=value (e.g. top_k=2)")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"override {text!r}: the value is not valid YAML ({problem}); e.g. ranks=[8,16]") from None

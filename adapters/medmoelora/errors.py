@@ -20,6 +20,7 @@ class ConfigError(UserError):
     def __init__(self, field: str, value: object, allowed: str) -> None:
         self.field = field
         self.value = value
+        self.allowed = allowed
         super().__init__(f"config field `{field}` = {value!r} is invalid: {allowed}")
 
 

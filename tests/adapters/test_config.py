@@ -74,7 +74,7 @@ def test_unknown_preset_suggests_the_nearest():
 
 
 def test_unknown_target_module_lists_the_valid_ones():
-    with pytest.raises(UserError, match=r"unknown target module 'qproj'.*q_proj"):
+    with pytest.raises(UserError, match=r"target_modules.*'qproj'.*did you mean 'q_proj'"):
         AdapterConfig.from_preset("lora", target_modules=["qproj"])
 
 

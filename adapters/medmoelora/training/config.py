@@ -1,61 +1,83 @@
-"""The training config: one validated dataclass, read from a YAML file's `training:` section."""
+"""The training config: one validated dataclass, read from a YAML file's `training:` section.
+
+Every field is coerced to its type hint and checked against the range the hint carries on creation
+(`medmoelora.validation`), so a bad value fails before any model is loaded, not after training ran.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from medmoelora.config import AdapterConfig, _build, parse_override
+from medmoelora.config import AdapterConfig, parse_override
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.validation import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OneOf,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    build,
+    coerce_fields,
+)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-LOGGERS = ("csv", "tensorboard")
+Precision = Literal["auto", "fp32", "bf16"]
+Logger = Literal["csv", "tensorboard"]
+# transformers' `SchedulerType` names that need nothing but warmup and step counts: training passes no
+# evaluation strategy and no lr_scheduler_kwargs. Spelt out because importing transformers.trainer_utils
+# takes seconds (at every workflow start); a test keeps the list in step with SchedulerType.
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+LOGGERS: tuple[str, ...] = get_args(Logger)
+LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
+
+
+def training_tasks() -> list[str]:
+    """Task ids with a training prompt (``<data>/<task>/train.jsonl`` as prepare-data writes it)."""
+    from medmoelora.data.prompts import PROMPTS
+
+    return list(PROMPTS)
+
+
+# The loss predicts each answer token from the tokens before it: a 1-token sequence has no answer token
+# to learn from (its loss is NaN, 0/0).
+MaxLength = Annotated[int, Range(ge=2, why="no answer token fits in 1 token: each is predicted from the ones before")]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How one method is trained. Every method of a comparison should share these values."""
 
-    tasks: tuple[str, ...] = ("medqa", "medmcqa", "pubmedqa", "gsm8k")  # <data>/<task>/train.jsonl
-    max_examples_per_task: int | None = None  # cap each task (a seeded sample): small runs, laptops
-    max_length: int = 512  # tokens; longer prompts lose their beginning, never the answer
-    max_steps: int = 200  # optimizer steps
-    batch_size: int = 8  # sequences per device per step
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_scheduler: str = "cosine"
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 50  # checkpoint every N steps (resume with --resume)
-    save_total_limit: int = 2
+    tasks: tuple[Annotated[str, OneOf(training_tasks)], ...] = ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+    max_examples_per_task: PositiveInt | None = None  # cap each task (a seeded sample): small runs, laptops
+    max_length: MaxLength = 512  # tokens; longer prompts lose their beginning, never the answer
+    max_steps: PositiveInt = 200  # optimizer steps
+    batch_size: PositiveInt = 8  # sequences per device per step
+    gradient_accumulation_steps: PositiveInt = 1
+    learning_rate: PositiveFloat = 2e-4
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_steps: NonNegativeInt = 0
+    lr_scheduler: LrScheduler = "cosine"
+    seed: Annotated[int, Range(ge=0, le=2**32 - 1)] = 0  # numpy's seed range
+    logging_steps: PositiveInt = 10
+    save_steps: PositiveInt = 50  # checkpoint every N steps (resume with --resume)
+    save_total_limit: PositiveInt | None = 2  # checkpoints kept; null keeps all
     gradient_checkpointing: bool = False  # less activation memory, about a third more compute
-    precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
-    loggers: tuple[str, ...] = ("csv",)  # csv (always cheap) and/or tensorboard
-    routing_stats_examples: int = 16  # per task, for routing_stats.json after training (a forward pass each)
+    precision: Precision = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    loggers: tuple[Logger, ...] = ("csv",)  # csv (always cheap) and/or tensorboard
+    routing_stats_examples: PositiveInt = 16  # per task, for routing_stats.json after training (a forward pass each)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "loggers", tuple(self.loggers))
+        coerce_fields(self, prefix="training.")  # types and ranges, from the hints above
         if not self.tasks:
             raise ConfigError("training.tasks", self.tasks, "name at least one training task")
-        positive = ("max_length", "max_steps", "batch_size", "gradient_accumulation_steps")
-        for name in (*positive, "logging_steps", "save_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"training.{name}", value, "must be an integer >= 1")
-        if self.max_examples_per_task is not None and self.max_examples_per_task < 1:
-            raise ConfigError("training.max_examples_per_task", self.max_examples_per_task, "must be >= 1 or null")
-        if not self.learning_rate > 0:
-            raise ConfigError("training.learning_rate", self.learning_rate, "must be > 0")
-        if self.precision not in PRECISIONS:
-            raise unknown_name("training.precision", self.precision, PRECISIONS)
-        for logger in self.loggers:
-            if logger not in LOGGERS:
-                raise unknown_name("training.loggers entry", logger, LOGGERS)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError("training.tasks", self.tasks, "name each training task once")
 
 
 @dataclass(frozen=True)
@@ -70,13 +92,10 @@ def build_run_config(
     """The method's preset, then the YAML file's `adapter:` / `training:` sections, then `--set` overrides
     (``adapter.top_k=2``, ``training.max_steps=10``)."""
     file_config = dict(file_config or {})
-    unknown = set(file_config) - {"adapter", "training"}
-    if unknown:
-        raise UserError(f"config file has unknown section(s) {sorted(unknown)}; use `adapter:` and `training:`")
-    sections: dict[str, dict[str, Any]] = {
-        "adapter": dict(file_config.get("adapter") or {}),
-        "training": dict(file_config.get("training") or {}),
-    }
+    for name in file_config:
+        if name not in ("adapter", "training"):
+            raise unknown_name("config file section", str(name), ("adapter", "training"))
+    sections = {name: _section(name, file_config.get(name)) for name in ("adapter", "training")}
     for text in overrides:
         key, value = parse_override(text)
         section, _, field = key.partition(".")
@@ -84,8 +103,20 @@ def build_run_config(
             raise UserError(f"override {text!r} must start with adapter. or training. (e.g. training.max_steps=10)")
         sections[section][field] = value
     adapter = AdapterConfig.from_preset(method, **sections["adapter"])
-    training = _build(TrainConfig, sections["training"])
+    training = build(TrainConfig, sections["training"])
     return RunConfig(adapter=adapter, training=training)
+
+
+def _section(name: str, values: Any) -> dict[str, Any]:
+    """A config section as a dict of field names; empty when absent."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UserError(f"config section `{name}:` must be a mapping of field: value, not {values!r}")
+    for key in values:
+        if not isinstance(key, str):
+            raise UserError(f"config section `{name}:` has the key {key!r}; field names are strings")
+    return dict(values)
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
