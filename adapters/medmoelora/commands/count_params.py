@@ -29,13 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, value in YAML (e.g. --set top_k=2 --set ranks=[8,16])",
+        help="override a config field, value in YAML (e.g. --set top_k=2 --set ranks=[8,16]); "
+        "the `adapter.` prefix of `train --set` may be kept",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.set_defaults(func=run)
 
 
 def load_architecture(spec: str):
+    from medmoelora.models import check_model_dir
     from medmoelora.params import KNOWN_ARCHITECTURES, architecture
 
     if spec in KNOWN_ARCHITECTURES:
@@ -45,16 +47,19 @@ def load_architecture(spec: str):
         raise UserError(
             f"--architecture {spec!r} is neither {' nor '.join(KNOWN_ARCHITECTURES)} nor a directory with config.json"
         )
-    from transformers import AutoConfig
+    return check_model_dir(path, "--architecture ", weights=False)  # only the config is read
 
-    return AutoConfig.from_pretrained(path)
+
+def adapter_overrides(texts: list[str]) -> dict:
+    """`--set KEY=VALUE` as AdapterConfig fields; `adapter.KEY` (as `train --set` spells it) means KEY."""
+    pairs = (parse_override(text) for text in texts)
+    return {key.removeprefix("adapter."): value for key, value in pairs}
 
 
 def run(args: argparse.Namespace) -> int:
     from medmoelora.params import PAPER_ACTIVE, PAPER_TRAINABLE, count_parameters
 
-    overrides = dict(parse_override(text) for text in args.overrides)
-    config = AdapterConfig.from_preset(args.preset, **overrides)
+    config = AdapterConfig.from_preset(args.preset, **adapter_overrides(args.overrides))
     arch_name = args.architecture or ("llama3-8b" if args.preset == "paper" else "smollm2-135m")
     count = count_parameters(config, load_architecture(arch_name))
     paper = arch_name == "llama3-8b" and args.preset == "paper"

@@ -60,7 +60,9 @@ def read_config_file(path: str | None) -> dict:
     if not file.is_file():
         raise UserError(f"--config {path} does not exist")
     try:
-        loaded = yaml.safe_load(file.read_text())
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path} is not a UTF-8 text file; give a YAML file") from None
     except yaml.YAMLError as error:
         raise UserError(f"--config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if loaded is None:
@@ -71,11 +73,13 @@ def read_config_file(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medmoelora.models import check_model_dir
     from medmoelora.training.config import build_run_config
     from medmoelora.training.resume import AlreadyFinished, is_main_process
     from medmoelora.training.run import train
 
     config = build_run_config(args.method, read_config_file(args.config), args.overrides)
+    check_model_dir(Path(args.model), "--model ")  # unreadable model files fail now, in one line naming the file
     try:
         metrics = train(
             args.model,
