@@ -29,7 +29,9 @@ def _print_user_errors(previous: object) -> object:
 
 @contextmanager
 def one_line_user_errors() -> Iterator[None]:
-    """Re-raise a `UserError` after making sure that, uncaught, it prints as one line."""
+    """Re-raise a `UserError` after making sure that, uncaught, it prints as one line.
+
+    A context manager, or a decorator (``@one_line_user_errors()``) for functions that lm-eval calls."""
     try:
         yield
     except UserError:

@@ -16,8 +16,10 @@ routing need no ids and take HFLM's path unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -26,6 +28,7 @@ from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
 from medmoelora.errors import UserError
+from medmoelora.models import check_model_dir, hub_offline
 from medmoelora.serialization import load_adapter, read_adapter_config
 from medmoelora_eval.errors import one_line_user_errors
 from medmoelora_eval.task_routing import TaskRouter
@@ -33,16 +36,33 @@ from medmoelora_eval.task_routing import TaskRouter
 Result = TypeVar("Result")
 
 
+def _check_pretrained(pretrained: Any) -> None:
+    """A local base model directory with unreadable files fails in one line naming the file; a name that is
+    neither a directory nor reachable on the Hub (offline) says so instead of a Hub lookup traceback."""
+    if not isinstance(pretrained, (str, os.PathLike)):
+        return  # an already built model (Python callers)
+    if Path(pretrained).expanduser().is_dir():
+        check_model_dir(Path(pretrained).expanduser(), "pretrained=")
+    elif hub_offline():
+        raise UserError(
+            f"pretrained={pretrained} is not a local directory and the Hugging Face Hub is offline "
+            "(HF_HUB_OFFLINE); give the base model directory (medmoelora materialize-model makes one)"
+        )
+
+
 class MedMoELoRALM(HFLM):
     """HFLM plus ``adapter=DIR`` (a directory that `medmoelora.save_adapter` wrote)."""
 
-    def __init__(self, pretrained: Any, adapter: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: Any = None, adapter: str | None = None, **kwargs: Any) -> None:
         with one_line_user_errors():
+            if not pretrained:
+                raise UserError("--model medmoelora needs the base model: --model_args pretrained=BASE_DIR,adapter=DIR")
             if not adapter:
                 raise UserError("--model medmoelora needs the adapter: --model_args pretrained=BASE_DIR,adapter=DIR")
             if kwargs.get("peft") or kwargs.get("delta"):
                 raise UserError("--model medmoelora takes adapter=DIR, not peft= or delta= (use --model hf for those)")
             read_adapter_config(adapter)  # a bad path fails now, not after the base model has loaded
+            _check_pretrained(pretrained)
             super().__init__(pretrained=pretrained, **kwargs)
             # In place: self._model stays the transformers model that HFLM drives; its targeted linears
             # become MoELoRALinear on the device of the weights they wrap (so accelerate's placement holds).

@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 
 from medmoelora.errors import UserError
+from medmoelora_eval.errors import one_line_user_errors
 
 DATA_DIR_ENV = "MEDMOE_DATA_DIR"
 DEFAULT_DATA_DIR = "data/processed"
@@ -48,6 +49,7 @@ def read_split(data_dir: Path, data_task: str, split: str) -> tuple[dict[str, An
     return _read_jsonl(path, stat.st_mtime_ns, stat.st_size)
 
 
+@one_line_user_errors()  # lm-eval builds datasets outside any code of ours: an uncaught error prints one line
 def load_prepared(
     data_task: str,
     splits: Sequence[str],
