@@ -85,7 +85,7 @@ def sha256(path: Path) -> str:
 
 def check_spec(spec: str) -> str:
     """The kind of a spec (tiny, pypi, gguf, local, hub), or a one-line error; reads no weights, downloads
-    nothing (the workflow checks its model spec with this at start)."""
+    nothing, needs no network (the workflow checks its model spec with this at start)."""
     resolved = ALIASES.get(spec, spec)
     path = Path(resolved).expanduser()
     if resolved == TINY:
@@ -103,7 +103,6 @@ def check_spec(spec: str) -> str:
     if path.exists():
         raise UserError(f"model spec {spec!r} is a file but not a .gguf; give a model directory or a .gguf file")
     if _HUB_ID.match(resolved) and not resolved.startswith("."):
-        _check_online(spec)
         return "hub"
     if "/" in resolved or os.sep in resolved or resolved.startswith((".", "~")):
         raise UserError(f"model spec {spec!r}: no such directory; check the path")
@@ -131,6 +130,7 @@ def resolve_spec(spec: str) -> Iterator[Source]:
         yield Source(spec, "local", str(path.resolve()), {**info, **_local_info(path, spec)})
     else:
         repo, _, revision = resolved.partition("@")
+        _check_online(spec)
         yield Source(spec, "hub", repo, {**info, "hub_id": repo, "revision": revision or None})
 
 
