@@ -7,10 +7,26 @@ import shlex
 import sys
 from pathlib import Path
 
+from medmoelora.errors import UserError
+from medmoelora_eval.workflow_config import check_config, schema_problem
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+SCHEMA = "../schemas/config.schema.yaml"
 
-validate(config, schema="../schemas/config.schema.yaml")
+
+# Mistakes stop the workflow at start, one line each: Snakemake's validate() prints the whole schema
+# (hundreds of lines) on a violation, so it is reported by schema_problem (the key's path, "did you
+# mean" for a misspelt key); adapter and training values, checked by the dataclasses that
+# `medmoelora train` builds, would otherwise fail only inside a training job.
+try:
+    validate(config, schema=SCHEMA)
+    check_config(config)
+except WorkflowError as error:
+    schema = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)) / SCHEMA
+    sys.exit(f"error: {schema_problem(config, schema) or error}")
+except UserError as error:
+    sys.exit(f"error: {error}")
 
 RAW_DATA_ENV = "MEDMOE_RAW_DATA"  # overrides config key raw_data_dir when set
 DATA_DIR = "data/processed"
