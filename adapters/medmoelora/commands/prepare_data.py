@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medmoelora.data.prepare import GENERAL_TASKS, Options, check_out, prepare
 from medmoelora.data.sources import read_hub, read_raw
+from medmoelora.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +62,23 @@ def _progress(items: Iterable, desc: str) -> Iterator:
     return iter(tqdm(items, desc=desc, unit="file", leave=False, disable=None, file=sys.stderr))
 
 
+def _read_hub(pubmedqa_test_ids: Path | None):
+    """`read_hub`, with an offline or unreachable Hub as one line instead of a datasets traceback."""
+    from medmoelora.models import hub_offline
+
+    if hub_offline():
+        raise UserError("--from-hub, but the Hub is offline (HF_HUB_OFFLINE); unset it, or read --raw-dir instead")
+    try:
+        return read_hub(pubmedqa_test_ids, progress=lambda xs: _progress(xs, "hub datasets"))
+    except ConnectionError as error:  # datasets' "Couldn't reach ... on the Hub"
+        raise UserError(f"--from-hub: {error}; check the network, or read --raw-dir instead") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Read, split, decontaminate and write; print a count summary."""
     check_out(args.out)  # fail before minutes of Hub downloads, not after
     if args.from_hub:
-        sources = read_hub(args.pubmedqa_test_ids, progress=lambda xs: _progress(xs, "hub datasets"))
+        sources = _read_hub(args.pubmedqa_test_ids)
         options = Options("hub", None, args.general_task, args.pubmedqa_validation, args.seed)
     else:
         print(f"prepare-data: reading {args.raw_dir}", file=sys.stderr)
