@@ -323,5 +323,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"override {text!r}: the value is not valid YAML ({problem}); e.g. ranks=[8,16]") from None
+        raise UserError(
+            f"override {text!r}: the value is not valid YAML ({yaml_problem(error)}); e.g. ranks=[8,16]"
+        ) from None
+
+
+def yaml_problem(error: Exception) -> str:
+    """PyYAML's error in one line: the problem and where (its own text spans several lines)."""
+    problem = getattr(error, "problem", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

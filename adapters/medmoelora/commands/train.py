@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from medmoelora.config import METHODS
+from medmoelora.config import METHODS, yaml_problem
 from medmoelora.errors import UserError
 
 
@@ -64,7 +64,7 @@ def read_config_file(path: str | None) -> dict:
     except UnicodeDecodeError:
         raise UserError(f"--config {path} is not a UTF-8 text file; give a YAML file") from None
     except yaml.YAMLError as error:
-        raise UserError(f"--config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--config {path} is not valid YAML: {yaml_problem(error)}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

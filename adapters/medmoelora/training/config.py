@@ -104,6 +104,15 @@ def build_run_config(
         sections[section][field] = value
     adapter = AdapterConfig.from_preset(method, **sections["adapter"])
     training = build(TrainConfig, sections["training"])
+    if adapter.routing == "task":
+        unrouted = [task for task in training.tasks if task not in adapter.task_names]
+        if unrouted:
+            raise ConfigError(
+                "training.tasks",
+                list(training.tasks),
+                f"{unrouted} have no expert in this Multi-LoRA adapter (adapter.task_names "
+                f"{list(adapter.task_names)}); train only those tasks or name one expert per task",
+            )
     return RunConfig(adapter=adapter, training=training)
 
 
