@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 RAW_FIXTURES = REPO / "tests" / "data" / "fixtures" / "raw"
@@ -24,10 +25,10 @@ GGUF_MAGIC = b"GGUF" + (3).to_bytes(4, "little")  # magic and version 3, as a re
 
 @dataclass(frozen=True)
 class Case:
-    """One bad input: the command line (built from `Inputs`) and a regex the last stderr line must match."""
+    """One bad input: how to run it (from the inputs it breaks) and a regex the last stderr line must match."""
 
     id: str
-    argv: Callable[[Inputs], list[str]]
+    argv: Callable[[Any], Any]  # Inputs -> command line for the medmoelora CLI; each surface's own elsewhere
     culprit: str
 
 
