@@ -156,7 +156,7 @@ def _coerce(value: Any, hint: Any) -> Any:
         return _choose(value, [str(arg) for arg in args])
     if origin is tuple:
         return _coerce_tuple(value, args)
-    if origin in (Mapping, dict, typing.Mapping):
+    if origin in (Mapping, dict):
         return _coerce_mapping(value, args)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
@@ -314,7 +314,7 @@ def _noun(hint: Any, plural: bool = False) -> str:
         return f"{'values among' if plural else 'one of'} {', '.join(sorted(str(arg) for arg in args))}"
     if origin is tuple:
         return f"a list of {_noun(args[0], plural=True)}"
-    if origin in (Mapping, dict, typing.Mapping):
+    if origin in (Mapping, dict):
         key, value = args or (Any, Any)
         return f"a mapping of {_noun(key, True)} to {_noun(value, True)}"
     if dataclasses.is_dataclass(hint):
