@@ -71,6 +71,11 @@ CASES = [
         r"prepared data file .*no-data/pubmedqa/test.jsonl not found: run `medmoelora prepare-data`",
     ),
     Case(
+        "MMLU subject without records",
+        lambda s: Run(s.base(), ("medmoe_mmlu_virology",)),
+        r"no records with subject 'virology' in .*mmlu/test.jsonl: re-run `medmoelora prepare-data`",
+    ),
+    Case(
         "task without an expert",
         lambda s: Run(s.base(adapter=s.adapters["multi_lora_2"]), ("medmoe_pubmedqa",)),
         r"has no expert for lm-eval task\(s\) medmoe_pubmedqa.*eval_task_map or set fallback_task",
@@ -100,6 +105,16 @@ CASES = [
         r"a/adapter_config.json has format_version 99",
     ),
     Case(
+        "adapter_config.json without a required key",
+        _load(lambda s: s.base(adapter=s.adapter("a", lambda d: edit_json(d / "adapter_config.json", _drop_layers)))),
+        r"a/adapter_config.json lacks the required key 'num_layers'",
+    ),
+    Case(
+        "adapter_config.json with a bad field value",
+        _load(lambda s: s.base(adapter=s.adapter("a", lambda d: edit_json(d / "adapter_config.json", _bad_dropout)))),
+        r"`dropout` = 'abc' is invalid: must be a finite number in \[0, 1\)",
+    ),
+    Case(
         "adapter of another base model",
         _load(lambda s: s.base(adapter=s.adapters["other_base"])),
         r"other_base was made for .* decoder layers, but this base model has 4",
@@ -122,8 +137,16 @@ CASES = [
 ]
 
 
-def _version_99(config: dict) -> None:
-    config["format_version"] = 99
+def _version_99(header: dict) -> None:
+    header["format_version"] = 99
+
+
+def _drop_layers(header: dict) -> None:
+    del header["num_layers"]
+
+
+def _bad_dropout(header: dict) -> None:
+    header["config"]["dropout"] = "abc"
 
 
 @pytest.fixture(scope="session")
