@@ -113,14 +113,9 @@ def _check_keys(where: str, values: Any, known: Iterable[str]) -> None:
 
 def _located(error: ConfigError, name: str, run: Mapping[str, Any], own: dict, shared: dict) -> str:
     """A dataclass's field error, with the config key the value came from (the run's, shared, or the preset)."""
-    section, key = (
-        ("training", error.field.removeprefix("training."))
-        if error.field.startswith("training.")
-        else (
-            "adapter",
-            error.field,
-        )
-    )
+    # TrainConfig's fields are named `training.<field>`, AdapterConfig's bare (`top_k`, `expert_schedule.kind`).
+    section = "training" if error.field.startswith("training.") else "adapter"
+    key = error.field.removeprefix("training.")
     top = key.split(".")[0]
     if top in own[section]:
         where = f"runs.{name}.{section}.{key}"
@@ -141,7 +136,7 @@ def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) ->
 
 # ---- the base model --------------------------------------------------------------------------------------------
 def check_model_spec(spec: str) -> None:
-    """The model spec's form (tiny, an alias, pypi:..., an existing .gguf or directory, a Hub id when online)."""
+    """The model spec's form (tiny, an alias, pypi:..., an existing .gguf or directory, a Hub id)."""
     from medmoelora.models import check_spec
 
     try:
