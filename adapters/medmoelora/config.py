@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.tasks import DEFAULT_EVAL_TASK_MAP, TRAINING_TASKS
 
 Routing = Literal["none", "task", "soft"]
 ScheduleKind = Literal["uniform", "step", "power"]
@@ -284,7 +285,6 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
 
 # The four methods of the comparison, plus the paper's own Llama-3-8B setting. Everything not named
 # here takes the dataclass default, so the presets differ only where the methods differ.
-MEDICAL_TASKS = ("medqa", "medmcqa", "pubmedqa")
 PRESETS: dict[str, dict[str, Any]] = {
     # Plain LoRA: one rank-16 expert per module, no router.
     "lora": {
@@ -293,20 +293,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ranks": (16,),
         "routing": "none",
     },
-    # Multi-LoRA: one rank-8 LoRA per training task, hard-routed by the batch's task id.
+    # Multi-LoRA: one rank-8 LoRA per training task, hard-routed by the batch's task id; at evaluation
+    # each lm-eval task goes to the expert the task registry names for it.
     "multi_lora": {
         "method": "multi_lora",
-        "expert_schedule": {"kind": "uniform", "num_experts": 4},
+        "expert_schedule": {"kind": "uniform", "num_experts": len(TRAINING_TASKS)},
         "ranks": (8,),
         "routing": "task",
-        "task_names": (*MEDICAL_TASKS, "gsm8k"),
-        "eval_task_map": {
-            "medmoe_medqa": "medqa",
-            "medmoe_pubmedqa": "pubmedqa",
-            "medmoe_gsm8k": "gsm8k",
-            "medmoe_mmlu": "gsm8k",
-            "medmoe_mmlu_medical": "medqa",
-        },
+        "task_names": TRAINING_TASKS,
+        "eval_task_map": DEFAULT_EVAL_TASK_MAP,
     },
     # Uniform MoE-LoRA: N = 4 in every layer, soft routing at a fixed tau = 1, load balancing only.
     "uniform_moe": {

@@ -9,6 +9,7 @@ from typing import Any
 
 from medmoelora.config import AdapterConfig, _build, parse_override
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.tasks import TRAINING_TASKS
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LOGGERS = ("csv", "tensorboard")
@@ -18,7 +19,7 @@ LOGGERS = ("csv", "tensorboard")
 class TrainConfig:
     """How one method is trained. Every method of a comparison should share these values."""
 
-    tasks: tuple[str, ...] = ("medqa", "medmcqa", "pubmedqa", "gsm8k")  # <data>/<task>/train.jsonl
+    tasks: tuple[str, ...] = TRAINING_TASKS  # <data>/<task>/train.jsonl
     max_examples_per_task: int | None = None  # cap each task (a seeded sample): small runs, laptops
     max_length: int = 512  # tokens; longer prompts lose their beginning, never the answer
     max_steps: int = 200  # optimizer steps

@@ -1,0 +1,85 @@
+"""The task registry (`medmoelora.tasks`): consistent with the lm-eval YAMLs and the Multi-LoRA preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lm_eval.tasks._yaml_loader import load_yaml  # the loader lm-eval's TaskManager uses
+
+from medmoelora import AdapterConfig
+from medmoelora.errors import UserError
+from medmoelora.tasks import (
+    DATA_TASKS,
+    DEFAULT_EVAL_TASK_MAP,
+    EVAL_TASKS,
+    MMLU,
+    MMLU_MEDICAL_SUBJECTS,
+    MMLU_SUBJECTS,
+    RUN_TASKS,
+    TRAINING_TASKS,
+    check_limits,
+    groups_over,
+    mmlu_subject_task,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TASK_DIR = REPO / "benchmark" / "tasks"
+
+
+def task_yamls() -> dict[str, dict]:
+    """lm-eval task or group name -> its YAML (includes not resolved), for every YAML under benchmark/tasks."""
+    found = {}
+    for path in TASK_DIR.rglob("*.yaml"):
+        config = load_yaml(path, resolve_func=False, recursive=False)
+        name = config.get("group") or config.get("task")
+        found[name] = config
+    return found
+
+
+def test_every_eval_task_has_its_yaml_with_its_metric_and_data_task() -> None:
+    yamls = task_yamls()
+    for task in EVAL_TASKS.values():
+        config = yamls[task.lm_eval_task]
+        metric = task.metric.split(",")[0]
+        metrics = config.get("aggregate_metric_list") or config.get("metric_list")
+        if metrics is None:  # a subject group's members carry the metric of the shared template
+            metrics = load_yaml(TASK_DIR / "medmoe_mmlu" / "_default_template_yaml", resolve_func=False)["metric_list"]
+        assert metric in [entry["metric"] for entry in metrics], task.name
+        data_task = config.get("dataset_kwargs", {}).get("data_task") or config["metadata"]["task_id"]
+        assert data_task == task.data_task.name, task.name
+        if task.subjects:
+            assert config["task"] == [mmlu_subject_task(subject) for subject in task.subjects]
+
+
+def test_subject_groups_and_routing_are_consistent() -> None:
+    assert len(MMLU_SUBJECTS) == 57 and set(MMLU_MEDICAL_SUBJECTS) < set(MMLU_SUBJECTS)
+    for task in EVAL_TASKS.values():
+        assert set(task.subjects) <= set(MMLU_SUBJECTS)
+        assert not task.subjects or task.data_task is MMLU
+        if task.part_of is not None:
+            parent = EVAL_TASKS[task.part_of]
+            assert parent in RUN_TASKS and task.subjects and set(task.subjects) <= set(parent.subjects)
+        assert task.routing_task.name in TRAINING_TASKS  # the Multi-LoRA preset has an expert for it
+    assert [task.name for task in RUN_TASKS] == ["medqa", "pubmedqa", "gsm8k", "mmlu"]
+    preset = AdapterConfig.from_preset("multi_lora")
+    assert preset.task_names == TRAINING_TASKS == ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+    assert preset.eval_task_map == DEFAULT_EVAL_TASK_MAP
+    assert preset.eval_task_map["medmoe_mmlu_medical"] == "medqa" and preset.eval_task_map["medmoe_mmlu"] == "gsm8k"
+    assert {name for name, task in DATA_TASKS.items() if task.domain == "medical"} == {"medqa", "medmcqa", "pubmedqa"}
+
+
+def test_groups_over_a_subject_most_specific_first() -> None:
+    assert groups_over("medmoe_mmlu_anatomy") == ["medmoe_mmlu_medical", "medmoe_mmlu"]
+    assert groups_over("medmoe_mmlu_astronomy") == ["medmoe_mmlu"]
+    assert groups_over("medmoe_medqa") == [] and groups_over("medmoe_mmlu_not_a_subject") == []
+
+
+def test_limits_name_every_run_task_and_nothing_else() -> None:
+    check_limits({"medqa": 1, "pubmedqa": None, "gsm8k": 2, "mmlu": 1})
+    with pytest.raises(UserError, match="Did you mean 'pubmedqa'"):
+        check_limits({"medqa": 1, "pubmedq": 1, "gsm8k": 2, "mmlu": 1})
+    with pytest.raises(UserError, match="no limit for gsm8k"):
+        check_limits({"medqa": 1, "pubmedqa": 1, "mmlu": 1})
+    with pytest.raises(UserError, match=r"unknown task in config eval\.limits 'mmlu_medical'"):
+        check_limits({"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "mmlu_medical": 1}, "config eval.limits")
