@@ -47,12 +47,13 @@ def routing_heatmap(stats: dict) -> plt.Figure:
 
 
 def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
-    """GSM8K and MMLU change against the base model (percentage points), one bar group per run."""
-    columns = ["GSM8K change", "MMLU change"]
+    """Every general score's change against the base model (percentage points), one bar group per run."""
+    columns = [column for column in table.columns if column.endswith(" change")]
     positions = np.arange(len(table))
+    width = 0.8 / len(columns)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for offset, column in zip((-0.2, 0.2), columns, strict=True):
-        ax.bar(positions + offset, table[column], width=0.4, label=column)
+    for index, column in enumerate(columns):
+        ax.bar(positions + (index - (len(columns) - 1) / 2) * width, table[column], width=width, label=column)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set(xticks=positions, ylabel="change vs base (points)", title="Forgetting of general skills")
     ax.set_xticklabels(table["run"])

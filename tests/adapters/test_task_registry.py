@@ -1,4 +1,5 @@
-"""The task registry (`medmoelora.tasks`): consistent with the lm-eval YAMLs and the Multi-LoRA preset."""
+"""The task registry (`medmoelora.tasks`): consistent with the lm-eval YAMLs and the Multi-LoRA preset, and
+built so that a new evaluation task is one entry."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from medmoelora.tasks import (
     MMLU_SUBJECTS,
     RUN_TASKS,
     TRAINING_TASKS,
+    EvalTask,
     check_limits,
     groups_over,
     mmlu_subject_task,
@@ -83,3 +85,54 @@ def test_limits_name_every_run_task_and_nothing_else() -> None:
         check_limits({"medqa": 1, "pubmedqa": 1, "mmlu": 1})
     with pytest.raises(UserError, match=r"unknown task in config eval\.limits 'mmlu_medical'"):
         check_limits({"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "mmlu_medical": 1}, "config eval.limits")
+
+
+# --- a new evaluation task is one registry entry ------------------------------------------------------
+
+MMLU_GENERAL = EvalTask(
+    "mmlu_general",
+    "MMLU-general",
+    "medmoe_mmlu_general",
+    "acc,none",
+    "general",
+    MMLU,
+    DATA_TASKS["gsm8k"],
+    subjects=tuple(subject for subject in MMLU_SUBJECTS if subject not in MMLU_MEDICAL_SUBJECTS),
+    part_of="mmlu",
+)
+
+
+@pytest.fixture
+def with_mmlu_general(monkeypatch: pytest.MonkeyPatch) -> EvalTask:
+    monkeypatch.setitem(EVAL_TASKS, MMLU_GENERAL.name, MMLU_GENERAL)
+    return MMLU_GENERAL
+
+
+def fake_lm_eval_results(subjects: dict[str, tuple[float, int]]) -> dict:
+    """lm_eval's results JSON for one medmoe_mmlu run: subject -> (accuracy, documents)."""
+    entries = {mmlu_subject_task(s): {"acc,none": acc, "sample_len": n} for s, (acc, n) in subjects.items()}
+    total = sum(n for _, n in subjects.values())
+    mean = sum(acc * n for acc, n in subjects.values()) / total
+    return {
+        "results": entries,
+        "groups": {"medmoe_mmlu": {"acc,none": mean, "sample_len": total}},
+        "group_subtasks": {"medmoe_mmlu": list(entries)},
+        "config": {"model_args": "pretrained=x"},
+    }
+
+
+def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mmlu_general, tmp_path) -> None:
+    from medmoelora_eval import results, tables
+    from medmoelora_eval.task_routing import lookup_names
+    from tests.eval.test_mmlu_configs import generator
+
+    # Medical subjects all right, the others: astronomy 1 of 2, the rest 0 of 1.
+    outcomes = {subject: (1.0, 3) if subject in MMLU_MEDICAL_SUBJECTS else (0.0, 1) for subject in MMLU_SUBJECTS}
+    run = fake_lm_eval_results({**outcomes, "astronomy": (0.5, 2)})
+    entry = results.score(run, "mmlu_general")
+    assert entry["documents"] == 52 and entry["score"] == pytest.approx(1 / 52)
+    assert entry["lm_eval_task"] == "medmoe_mmlu_general"
+    assert lookup_names("medmoe_mmlu_astronomy") == ["medmoe_mmlu_astronomy", "medmoe_mmlu_general", "medmoe_mmlu"]
+    assert tables.score_columns("general") == {"gsm8k": "GSM8K", "mmlu": "MMLU", "mmlu_general": "MMLU-general"}
+    group = generator().render_configs()["_medmoe_mmlu_general.yaml"]
+    assert "- medmoe_mmlu_astronomy\n" in group and "medmoe_mmlu_anatomy" not in group
