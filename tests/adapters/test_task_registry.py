@@ -1,8 +1,10 @@
-"""The task registry (`medmoelora.tasks`): consistent with the lm-eval YAMLs and the Multi-LoRA preset, and
-built so that a new evaluation task is one entry."""
+"""The task registry (`medmoelora.tasks`): consistent with the lm-eval YAMLs, the one place that names a
+task, and built so that a new evaluation task is one entry."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,31 @@ def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mm
     assert tables.score_columns("general") == {"gsm8k": "GSM8K", "mmlu": "MMLU", "mmlu_general": "MMLU-general"}
     group = generator().render_configs()["_medmoe_mmlu_general.yaml"]
     assert "- medmoe_mmlu_astronomy\n" in group and "medmoe_mmlu_anatomy" not in group
+
+
+# --- no task name outside the registry -----------------------------------------------------------------
+
+# Where task names belong: the registry, the lm-eval task YAMLs (and their prompt glue), the tests, the
+# user's workflow configs (per-task limits, checked against the registry at start) and the docs that tell
+# users which tasks exist (README.md and docs/, whose task names are checked by tests/docs).
+ALLOWED = ("adapters/medmoelora/tasks.py", "benchmark/tasks/", "tests/", "config/", "README.md", "docs/")
+
+
+def git_grep(*args: str) -> list[str]:
+    result = subprocess.run(
+        ["git", "grep", "-n", "--untracked", *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: no match
+    return [line for line in result.stdout.splitlines() if not line.startswith(ALLOWED)]
+
+
+def test_git_grep_finds_no_task_name_outside_the_registry() -> None:
+    names = sorted({*DATA_TASKS, *EVAL_TASKS}, key=len, reverse=True)
+    alternatives = "|".join(map(re.escape, names))
+    # An lm-eval task name, anywhere (the suite's prefix is unique to them).
+    lm_eval_names = git_grep("-E", r"medmoe_[a-z0-9]")
+    # A task name as a string literal in code: "medqa", 'mmlu_medical'.
+    literals = git_grep("-E", rf"[\"']({alternatives})[\"']", "--", "*.py", "*.smk", "Snakefile")
+    # A task name as a word in the workflow's other files (the schema, the profiles) and the build files.
+    words = git_grep("-w", "-E", alternatives, "--", "workflow/*.yaml", "Makefile", "pyproject.toml")
+    assert lm_eval_names + literals + words == []
