@@ -327,21 +327,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "balance_weight": 0.01,
         "preservation_weight": 0.01,
     },
-    # The paper's Llama-3-8B setting: ranks r_i in {8, 16, 32}, top-2 sparse routing.
-    "paper": {
-        "method": "med_moe_lora",
-        "base_model": "meta-llama/Meta-Llama-3-8B",
-        "expert_schedule": {"kind": "step", "min_experts": 2, "max_experts": 8, "split_fraction": 2 / 3},
-        "ranks": (8, 16, 32),
-        "routing": "soft",
-        "top_k": 2,
-        "learn_temperature": True,
-        "num_base_experts": 1,
-        "base_lr_scale": 0.5,
-        "base_l2_weight": 1e-4,
-        "balance_weight": 0.01,
-        "preservation_weight": 0.01,
-    },
+}
+# The paper's Llama-3-8B setting: Med-MoE-LoRA with ranks r_i in {8, 16, 32} and top-2 sparse routing.
+PRESETS["paper"] = {
+    **PRESETS["med_moe_lora"],
+    "base_model": "meta-llama/Meta-Llama-3-8B",
+    "ranks": (8, 16, 32),
+    "top_k": 2,
 }
 
 
