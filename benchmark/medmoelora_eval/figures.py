@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medmoelora.errors import UserError, command_main
+
 LAYER = re.compile(r"layers\.(\d+)\.")
 TEMPERATURE_KEY = ".router.log_temperature"
 
@@ -72,7 +74,7 @@ def read_temperatures(adapter: Path) -> pd.DataFrame:
         if key.endswith(TEMPERATURE_KEY)
     ]
     if not rows:
-        raise SystemExit(f"error: {adapter} has no {TEMPERATURE_KEY} tensors (a LoRA or Multi-LoRA adapter?)")
+        raise UserError(f"{adapter} has no {TEMPERATURE_KEY} tensors (LoRA or Multi-LoRA?); pass a soft-routed adapter")
     return pd.DataFrame.from_records(rows)
 
 
@@ -99,12 +101,15 @@ def save(fig: plt.Figure, out: Path) -> None:
     tmp.replace(out)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.figures", description=__doc__.split("\n")[0])
     parser.add_argument("figure", choices=("routing", "forgetting", "temperature"))
     parser.add_argument("source", type=Path, help="routing_stats.json, table4.csv, or adapter_model.safetensors")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if not args.source.is_file():
+        raise UserError(f"{args.source} not found; pass the {args.figure} figure's input (see --help)")
     if args.figure == "routing":
         fig = routing_heatmap(json.loads(args.source.read_text(encoding="utf-8")))
     elif args.figure == "forgetting":

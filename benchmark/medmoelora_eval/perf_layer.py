@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medmoelora.errors import command_main
 from medmoelora.layer import MoELoRALinear, RoutingContext
 from medmoelora_eval.results import write_atomic
 
@@ -150,6 +152,7 @@ def run(repeats: int, warmup: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
@@ -168,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

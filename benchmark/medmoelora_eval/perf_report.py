@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from medmoelora.errors import UserError, command_main
 from medmoelora_eval.results import write_atomic
 
 # Issue 6's targets: (what, measured column, comparison, bound)
@@ -81,6 +83,7 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=Path, required=True)
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, required=True)
     parser.add_argument("--targets", type=Path, help="CSV of the targets, measured against their bounds")
     args = parser.parse_args(argv)
+    for path in (args.layer, args.model):
+        if not path.is_file():
+            raise UserError(f"{path} not found; run python -m medmoelora_eval.perf_layer / perf_model first")
     layer, model = pd.read_csv(args.layer), pd.read_csv(args.model)
     combined = pd.concat([layer.assign(benchmark="layer"), model.assign(benchmark="model")], ignore_index=True)
     write_atomic(args.out, combined.to_csv(index=False, float_format="%.4f"))
@@ -101,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -44,7 +44,7 @@ from typing import Any
 
 from lm_eval.api.metrics import pooled_sample_stderr
 
-from medmoelora.errors import UserError
+from medmoelora.errors import UserError, command_main
 from medmoelora.tasks import EVAL_SPLIT, EVAL_TASKS, RUN_TASKS, check_limits, get_prompt, mmlu_subject_task
 
 FULL_RESULTS = "lm_eval_results.json"
@@ -150,7 +150,7 @@ def find_samples_files(raw_dir: Path) -> dict[str, Path]:
         if match is None:
             continue
         if match["task"] in found:
-            raise SystemExit(f"error: two samples files for {match['task']} under {raw_dir}: use one lm_eval run")
+            raise UserError(f"two samples files for {match['task']} under {raw_dir}: use one lm_eval run")
         found[match["task"]] = path
     return found
 
@@ -160,7 +160,7 @@ def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[
     metric_name = metric.partition(",")[0]
     correct = record[metric_name]
     if correct not in (0, 1):
-        raise SystemExit(f"error: {task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
+        raise UserError(f"{task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
     compact: dict[str, Any] = {"task": task, "doc_id": int(record["doc_id"]), "correct": int(correct)}
     if config["output_type"] == "multiple_choice":
         # filtered_resps: one [loglikelihood, is_greedy] per choice, as strings (lm-eval's sanitize_list)
@@ -171,8 +171,8 @@ def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[
         # lm-eval's acc: argmax of the loglikelihoods (the first of ties) is the gold choice
         predicted = max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)
         if int(predicted == gold) != compact["correct"]:
-            raise SystemExit(
-                f"error: {task} doc {record['doc_id']}: {metric_name} = {correct} disagrees with the "
+            raise UserError(
+                f"{task} doc {record['doc_id']}: {metric_name} = {correct} disagrees with the "
                 f"loglikelihoods {loglikelihoods} and gold choice {gold}; is this lm-eval's samples format?"
             )
         compact.update(gold=gold, loglikelihoods=loglikelihoods)
@@ -190,7 +190,7 @@ def task_samples(results: dict[str, Any], files: dict[str, Path], task: str) -> 
     compacted = []
     for leaf in sorted(leaf_tasks(results, task)):
         if leaf not in files:
-            raise SystemExit(f"error: no lm_eval samples file for {leaf}: run lm_eval with --log_samples")
+            raise UserError(f"no lm_eval samples file for {leaf}: run lm_eval with --log_samples")
         with files[leaf].open(encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
         chosen = [record for record in records if record["filter"] == filter_key]
@@ -204,7 +204,9 @@ def task_samples(results: dict[str, Any], files: dict[str, Path], task: str) -> 
 def split(raw_dir: Path, run: str, out: Path) -> None:
     found = sorted(raw_dir.rglob("results_*.json"))
     if len(found) != 1:
-        raise SystemExit(f"error: expected one lm_eval results_*.json under {raw_dir}, found {len(found)}")
+        raise UserError(
+            f"expected one lm_eval results_*.json under {raw_dir}, found {len(found)}; pass one run's --output_path"
+        )
     text = found[0].read_text(encoding="utf-8")
     results = json.loads(text)
     files = find_samples_files(raw_dir)
@@ -213,7 +215,7 @@ def split(raw_dir: Path, run: str, out: Path) -> None:
         record = {"run": run, "model_args": results["config"]["model_args"], **score(results, task)}
         documents = task_samples(results, files, task)
         if len(documents) != record["n"]:
-            raise SystemExit(f"error: {task}: {len(documents)} logged samples for {record['n']} documents")
+            raise UserError(f"{task}: {len(documents)} logged samples for {record['n']} documents")
         outputs[f"{task}{SAMPLES_SUFFIX}"] = "".join(json.dumps(doc, sort_keys=True) + "\n" for doc in documents)
         outputs[f"{task}.json"] = json.dumps(record, indent=1, sort_keys=True) + "\n"
     outputs[FULL_RESULTS] = text
@@ -223,7 +225,10 @@ def split(raw_dir: Path, run: str, out: Path) -> None:
 
 def load_score(eval_dir: Path, run: str, task: str) -> float:
     """A run's score on a task: in percent for a fraction, else as lm-eval reports it."""
-    value = json.loads((eval_dir / run / f"{task}.json").read_text(encoding="utf-8"))["score"]
+    path = eval_dir / run / f"{task}.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: evaluate run {run!r} first (`python -m medmoelora_eval.results split`)")
+    value = json.loads(path.read_text(encoding="utf-8"))["score"]
     return 100.0 * value if EVAL_TASKS[task].percent else value
 
 
@@ -231,14 +236,17 @@ def _parse_limits(pairs: list[str]) -> dict[str, int | None]:
     limits: dict[str, int | None] = {}
     for pair in pairs:
         task, _, value = pair.partition("=")
-        limits[task] = None if value in ("None", "null", "") else int(value)
-    try:
-        check_limits(limits)
-    except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        if value in ("None", "null", ""):
+            limits[task] = None
+        elif value.isdigit() and int(value) >= 1:
+            limits[task] = int(value)
+        else:
+            raise UserError(f"--limits {pair!r}: N must be an integer >= 1, or null for every document")
+    check_limits(limits)
     return limits
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.results", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)

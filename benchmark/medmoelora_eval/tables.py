@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medmoelora.errors import command_main
 from medmoelora.tasks import EVAL_TASKS, Domain
 from medmoelora_eval.results import load_score, write_atomic
 
@@ -152,6 +153,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], pd.DataFrame]] = {
 }
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.tables", description=__doc__.split("\n")[0])
     parser.add_argument("table", choices=BUILDERS)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
+from medmoelora.errors import UserError
 from medmoelora_eval.results import TASKS, samples, split
 from medmoelora_eval.results import main as results_main
 
@@ -155,6 +156,6 @@ def test_split_without_log_samples_fails_in_one_line_and_writes_nothing(
     (results_file,) = raw.glob("*/results_*.json")
     (results_only / "model").mkdir(parents=True)
     shutil.copy(results_file, results_only / "model" / results_file.name)
-    with pytest.raises(SystemExit, match=r"^error: no lm_eval samples file for .* --log_samples$"):
+    with pytest.raises(UserError, match=r"^no lm_eval samples file for .* --log_samples$"):
         split(results_only, "dummy", tmp_path / "out")
     assert not (tmp_path / "out").exists()
