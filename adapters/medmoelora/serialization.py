@@ -1,4 +1,4 @@
-"""Adapters on disk: ARCHITECTURE.md's public format, and export of plain LoRA to PEFT's format.
+"""Adapters on disk: the public format of docs/adapter-format.md, and export of plain LoRA to PEFT's format.
 
 ``adapter_config.json`` holds the full `AdapterConfig`, the base model id, and every adapted module
 with its layer, shapes, expert count, ranks, alphas, base experts and the experts' dtype (``dtype``;
