@@ -1,4 +1,4 @@
-# Performance benchmarks (issue 6): `snakemake --cores 8 results/perf.csv`. Not part of `all`: they
+# Performance benchmarks: `snakemake --cores 8 results/perf.csv`. Not part of `all`: they
 # measure this machine, not the method, and want the machine to themselves (threads = all cores).
 
 
