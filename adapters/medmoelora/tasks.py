@@ -12,16 +12,16 @@ Two kinds of task:
 
 prepare-data, the prompts, the training mixture, the Multi-LoRA preset, the ``medmoelora`` lm-eval
 model type's routing, result parsing, the tables and the Snakemake workflow all read these
-definitions; no other module spells a task name. A new evaluation task is one `EvalTask` entry here
-plus its YAML (a group of MMLU subjects: only the entry, then re-run
-``benchmark/tasks/medmoe_mmlu/_generate_configs.py``).
+definitions; no other module spells a task name (a test runs git grep for them). A new evaluation task
+is one `EvalTask` entry here plus its YAML; for a group of MMLU subjects
+``benchmark/tasks/medmoe_mmlu/_generate_configs.py`` writes the YAML from the entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from medmoelora.data import prompts
 from medmoelora.data.prompts import TaskPrompt
@@ -42,15 +42,16 @@ class DataTask:
     default_training: bool  # in the default training mixture (and a Multi-LoRA expert of the preset)
 
 
-def _data_task(name: str, domain: Domain, question_field: str, default_training: bool, **prompt) -> DataTask:
+def _data_task(name: str, domain: Domain, *, question_field: str, default_training: bool, **prompt: Any) -> DataTask:
+    """A data task whose `TaskPrompt` is built from ``prompt`` (doc_to_text, doc_to_target, choices, ...)."""
     return DataTask(name, domain, TaskPrompt(name, **prompt), question_field, default_training)
 
 
 MEDQA = _data_task(
     "medqa",
     "medical",
-    "sent1",
-    True,
+    question_field="sent1",
+    default_training=True,
     doc_to_text=prompts.medqa_doc_to_text,
     doc_to_target=prompts.medqa_doc_to_target,
     choices=prompts.LETTERS,
@@ -58,8 +59,8 @@ MEDQA = _data_task(
 MEDMCQA = _data_task(  # training only: rendered in MedQA's prompt, so that it teaches that prompt
     "medmcqa",
     "medical",
-    "question",
-    True,
+    question_field="question",
+    default_training=True,
     doc_to_text=prompts.medmcqa_doc_to_text,
     doc_to_target=prompts.medmcqa_doc_to_target,
     choices=prompts.LETTERS,
@@ -67,8 +68,8 @@ MEDMCQA = _data_task(  # training only: rendered in MedQA's prompt, so that it t
 PUBMEDQA = _data_task(
     "pubmedqa",
     "medical",
-    "QUESTION",
-    True,
+    question_field="QUESTION",
+    default_training=True,
     doc_to_text=prompts.pubmedqa_doc_to_text,
     doc_to_target=prompts.pubmedqa_doc_to_target,
     choices=prompts.PUBMEDQA_CHOICES,
@@ -76,16 +77,16 @@ PUBMEDQA = _data_task(
 GSM8K = _data_task(  # generation: no choices
     "gsm8k",
     "general",
-    "question",
-    True,
+    question_field="question",
+    default_training=True,
     doc_to_text=prompts.gsm8k_doc_to_text,
     doc_to_target=prompts.gsm8k_doc_to_target,
 )
 MMLU = _data_task(  # trains only when prepare-data --general-task selects it (dev + validation)
     "mmlu",
     "general",
-    "question",
-    False,
+    question_field="question",
+    default_training=False,
     doc_to_text=prompts.mmlu_doc_to_text,
     doc_to_target=prompts.mmlu_doc_to_target,
     choices=prompts.LETTERS,
@@ -150,7 +151,7 @@ class EvalTask:
     # groups that share subtasks in one call, so a subject subset cannot be run beside the whole group.
     part_of: str | None = None
     percent: bool = True  # the metric is a fraction, shown in percent; False: shown as it is (bits per byte)
-    higher_is_better: bool = True
+    higher_is_better: bool = True  # False for a loss such as bits per byte: forgetting then raises the score
 
 
 EVAL_TASKS: dict[str, EvalTask] = {
