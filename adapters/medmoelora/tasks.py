@@ -154,27 +154,25 @@ class EvalTask:
     higher_is_better: bool = True  # False for a loss such as bits per byte: forgetting then raises the score
 
 
+EVAL_MEDQA = EvalTask("medqa", "MedQA", "medmoe_medqa", "acc,none", "medical", MEDQA, MEDQA)
+EVAL_PUBMEDQA = EvalTask("pubmedqa", "PubMedQA", "medmoe_pubmedqa", "acc,none", "medical", PUBMEDQA, PUBMEDQA)
+# strict-match: lm-eval's headline filter for GSM8K (the "#### <number>" line).
+EVAL_GSM8K = EvalTask("gsm8k", "GSM8K", "medmoe_gsm8k", "exact_match,strict-match", "general", GSM8K, GSM8K)
+# MMLU's every subject; Multi-LoRA answers it with the general expert.
+EVAL_MMLU = EvalTask("mmlu", "MMLU", "medmoe_mmlu", "acc,none", "general", MMLU, GSM8K, subjects=MMLU_SUBJECTS)
+EVAL_MMLU_MEDICAL = EvalTask(
+    "mmlu_medical",
+    "MMLU-medical",
+    "medmoe_mmlu_medical",
+    "acc,none",
+    "medical",
+    MMLU,
+    MEDQA,
+    subjects=MMLU_MEDICAL_SUBJECTS,
+    part_of=EVAL_MMLU.name,
+)
 EVAL_TASKS: dict[str, EvalTask] = {
-    task.name: task
-    for task in (
-        EvalTask("medqa", "MedQA", "medmoe_medqa", "acc,none", "medical", MEDQA, MEDQA),
-        EvalTask("pubmedqa", "PubMedQA", "medmoe_pubmedqa", "acc,none", "medical", PUBMEDQA, PUBMEDQA),
-        # strict-match: lm-eval's headline filter for GSM8K (the "#### <number>" line).
-        EvalTask("gsm8k", "GSM8K", "medmoe_gsm8k", "exact_match,strict-match", "general", GSM8K, GSM8K),
-        # MMLU's every subject; Multi-LoRA answers it with the general expert.
-        EvalTask("mmlu", "MMLU", "medmoe_mmlu", "acc,none", "general", MMLU, GSM8K, subjects=MMLU_SUBJECTS),
-        EvalTask(
-            "mmlu_medical",
-            "MMLU-medical",
-            "medmoe_mmlu_medical",
-            "acc,none",
-            "medical",
-            MMLU,
-            MEDQA,
-            subjects=MMLU_MEDICAL_SUBJECTS,
-            part_of="mmlu",
-        ),
-    )
+    task.name: task for task in (EVAL_MEDQA, EVAL_PUBMEDQA, EVAL_GSM8K, EVAL_MMLU, EVAL_MMLU_MEDICAL)
 }
 """Every score, in the order of the tables' columns."""
 

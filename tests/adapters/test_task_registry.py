@@ -159,8 +159,8 @@ def git_grep(*args: str) -> list[str]:
 def test_git_grep_finds_no_task_name_outside_the_registry() -> None:
     names = sorted({*DATA_TASKS, *EVAL_TASKS}, key=len, reverse=True)
     alternatives = "|".join(map(re.escape, names))
-    # An lm-eval task name, anywhere (the suite's prefix is unique to them).
-    lm_eval_names = git_grep("-E", r"medmoe_[a-z0-9]")
+    # An lm-eval task name, anywhere (the suite's prefix is unique to them; _medmoe_template_yaml is a file).
+    lm_eval_names = git_grep("-E", r"(^|[^_a-zA-Z])medmoe_[a-z0-9]")
     # A task name as a string literal in code: "medqa", 'mmlu_medical'.
     literals = git_grep("-E", rf"[\"']({alternatives})[\"']", "--", "*.py", "*.smk", "Snakefile")
     # A task name as a word in the workflow's other files (the schema, the profiles) and the build files.
