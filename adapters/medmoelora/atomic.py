@@ -29,6 +29,9 @@ def write_with(path: str | Path, write: Callable[[Path], object]) -> Path:
         write(tmp)
         tmp.chmod(0o644)  # mkstemp's 0600 would hide the output from the other users of a cluster
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, a lost permission: name the file, not its temporary
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

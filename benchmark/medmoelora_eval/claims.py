@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main, unknown_name
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
 from medmoelora.tasks import EVAL_GSM8K, EVAL_MEDQA
-from medmoelora_eval.results import write_atomic
 from medmoelora_eval.samples import (
     MEDICAL_AVERAGE,
     METRICS,
@@ -477,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_samples(args.eval_dir, runs.values())
     table = claims_table(samples, runs, _read_routing(args.routing), CONFIDENCE, args.resamples, args.seed)
     section = render_claims(table)
-    write_atomic(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     if args.markdown:
-        write_atomic(args.markdown, section)
+        atomic.write_text(args.markdown, section)
     print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
     return 0
 

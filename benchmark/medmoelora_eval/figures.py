@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 
 LAYER = re.compile(r"layers\.(\d+)\.")
@@ -95,10 +96,7 @@ def save(fig: plt.Figure, out: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out)
+    atomic.write_bytes(out, buffer.getvalue())
 
 
 @command_main

@@ -23,10 +23,9 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
-from medmoelora import AdapterConfig, MoELoRAModel, inject_adapter
+from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError, command_main
-from medmoelora_eval.results import write_atomic
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
 
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
     table = run(args.model, args.repeats, args.warmup)
-    write_atomic(args.out, table.to_csv(index=False, float_format="%.4f"))
+    atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     print(f"wrote {args.out}")
     return 0
 

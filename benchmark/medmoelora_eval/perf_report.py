@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
-from medmoelora_eval.results import write_atomic
 
 # The speed targets the suite sets itself (README.md, Performance): (what, measured column, comparison, bound)
 TARGETS = (
@@ -79,7 +79,7 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, path: Path) -> None:
     right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{path} not found; run python -m medmoelora_eval.perf_layer / perf_model first")
     layer, model = pd.read_csv(args.layer), pd.read_csv(args.model)
     combined = pd.concat([layer.assign(benchmark="layer"), model.assign(benchmark="model")], ignore_index=True)
-    write_atomic(args.out, combined.to_csv(index=False, float_format="%.4f"))
+    atomic.write_text(args.out, combined.to_csv(index=False, float_format="%.4f"))
     figure(layer, model, args.figure)
     targets = summarize(layer, model)
     if args.targets:
-        write_atomic(args.targets, targets.to_csv(index=False))
+        atomic.write_text(args.targets, targets.to_csv(index=False))
     print(targets.to_markdown(index=False))
     return 0
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
-from medmoelora_eval.results import write_atomic
 
 TITLES = {
     "table1": "Table 1: main results (percent; change in points against the base model)",
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise UserError(f"{path} not found; build it first (`snakemake all` makes every input of the report)")
     reported = pd.read_csv(args.reported, comment="#").fillna({"note": ""})
-    write_atomic(args.out, render(args.tables, args.figures, reported, args.out))
+    atomic.write_text(args.out, render(args.tables, args.figures, reported, args.out))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

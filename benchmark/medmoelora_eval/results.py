@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lm_eval.api.metrics import pooled_sample_stderr
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 from medmoelora.tasks import EVAL_SPLIT, EVAL_TASKS, RUN_TASKS, check_limits, get_prompt, mmlu_subject_task
 
@@ -52,19 +51,6 @@ SAMPLES_SUFFIX = ".samples.jsonl"
 # lm-eval's --log_samples file per leaf task: samples_<task>_<date_id>.jsonl, date_id an ISO time with "-".
 _SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(\.\d+)?\.jsonl")
 _NO_ANSWER = "[invalid]"  # what lm-eval's regex filter returns when the pattern does not match
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling, so a failure leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def count_documents(data_dir: Path) -> dict[str, tuple[str, int]]:
@@ -220,7 +206,7 @@ def split(raw_dir: Path, run: str, out: Path) -> None:
         outputs[f"{task}.json"] = json.dumps(record, indent=1, sort_keys=True) + "\n"
     outputs[FULL_RESULTS] = text
     for name, content in outputs.items():
-        write_atomic(out / name, content)
+        atomic.write_text(out / name, content)
 
 
 def load_score(eval_dir: Path, run: str, task: str) -> float:
@@ -262,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "samples":
         chosen = samples(args.data, _parse_limits(args.limits), args.seed)
-        write_atomic(args.out, json.dumps(chosen) + "\n")
+        atomic.write_text(args.out, json.dumps(chosen) + "\n")
         print(f"samples: {sum(map(len, chosen.values()))} documents in {len(chosen)} tasks", file=sys.stderr)
     else:
         split(args.raw_dir, args.run, args.out)

@@ -58,8 +58,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, permutation_test
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
-from medmoelora_eval.results import write_atomic
 from medmoelora_eval.samples import METRICS, Stratum, available_scopes, has_metric, load_samples, strata
 
 RESAMPLES = 10_000
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = list(dict.fromkeys([*args.runs, *([args.base] if args.base else [])]))
     samples = load_samples(args.eval_dir, runs)
     table = score_table(samples, args.runs, args.base, CONFIDENCE, args.resamples, args.seed, args.metrics)
-    write_atomic(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     print(f"wrote {args.out} ({len(table)} scores)", file=sys.stderr)
     return 0
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from medmoelora import atomic
 from medmoelora.errors import command_main
 from medmoelora.tasks import EVAL_TASKS, Domain
-from medmoelora_eval.results import load_score, write_atomic
+from medmoelora_eval.results import load_score
 
 MEDICAL_AVERAGE = "Medical avg"
 
@@ -133,7 +134,7 @@ def _experts_per_layer(adapter_config: Path) -> str:
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:
-    write_atomic(out, table.round(4).to_csv(index=False, lineterminator="\n"))
+    atomic.write_text(out, table.round(4).to_csv(index=False, lineterminator="\n"))
 
 
 def _pairs(values: list[str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,18 @@ def test_a_failed_write_leaves_the_earlier_file_and_no_temporary(tmp_path: Path)
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_an_os_error_names_the_target_not_its_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+
+    def disk_full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError) as raised:
+        atomic.write_with(target, disk_full)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_is_swapped_in_only_when_complete(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with atomic.replace_directory(out) as staging:
@@ -69,3 +82,13 @@ def test_a_failed_swap_puts_the_earlier_directory_back(tmp_path: Path, monkeypat
         (staging / "a.txt").write_text("two")
     assert (out / "a.txt").read_text() == "one"
     assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+def test_save_adapter_writes_through_it(tmp_path: Path) -> None:
+    """Readable by everyone (safetensors alone writes 0600), and nothing else left in the directory."""
+    from medmoelora import AdapterConfig, inject_adapter, save_adapter
+    from tests.tiny import make_tiny_llama
+
+    save_adapter(inject_adapter(make_tiny_llama(), AdapterConfig.from_preset("lora")), tmp_path)
+    written = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert written == {"adapter_config.json": 0o644, "adapter_model.safetensors": 0o644}

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medmoelora import atomic
 from medmoelora.data.overlap import METHOD, EvalIndex, count_overlap, drop_overlap
 from medmoelora.data.sources import SCHEMA_VERSION, Record, Sources
 from medmoelora.errors import UserError
@@ -126,23 +124,6 @@ def _write_jsonl(path: Path, records: list[Record]) -> dict[str, Any]:
     return {"records": len(records), "sha256": digest.hexdigest(), "bytes": size}
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished tmp directory to OUT; an earlier OUT is removed only once the new one is in."""
-    check_out(out)
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()  # only the unique name is wanted
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)  # put the earlier good output back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare(
     sources: Sources, out: Path, options: Options, progress: Callable[[Iterable], Iterator] = iter
 ) -> dict[str, Any]:
@@ -160,9 +141,7 @@ def prepare(
         dropped[split[0]] = dropped.get(split[0], 0) + per_split[_name(split)]["dropped"]
 
     check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic.replace_directory(out) as tmp:  # an earlier OUT is removed only once the new one is in
         files = {}
         for split in progress(sorted(splits)):
             files[f"{_name(split)}.jsonl"] = _write_jsonl(tmp / f"{_name(split)}.jsonl", splits[split])
@@ -192,9 +171,5 @@ def prepare(
         }
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         (tmp / "manifest.json").write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the output should read like any directory
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        check_out(out)  # still replaceable: nothing else took OUT while the files were written
     return manifest
