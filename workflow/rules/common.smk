@@ -11,7 +11,6 @@ from medmoelora.errors import UserError
 from medmoelora.tasks import EVAL_TASKS, GENERAL_TRAINING_CHOICES, RUN_TASKS, check_limits
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 RAW_DATA_ENV = "MEDMOE_RAW_DATA"  # overrides config key raw_data_dir when set
@@ -124,7 +123,8 @@ def get_eval_model(wildcards) -> dict[str, str]:
 def get_eval_adapter(wildcards) -> list[str]:
     if wildcards.run == BASE_RUN:
         return []
-    return train_files([wildcards.run], "adapter_model.safetensors") + train_files([wildcards.run], "adapter_config.json")
+    run = [wildcards.run]
+    return train_files(run, "adapter_model.safetensors") + train_files(run, "adapter_config.json")
 
 
 def compute(stage: str, key: str):
