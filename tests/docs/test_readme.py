@@ -60,7 +60,8 @@ def commands(snippet: str) -> list[list[str]]:
 
 
 def flags(words: list[str]) -> list[str]:
-    return [word.split("=", 1)[0] for word in words if word.startswith("--")]
+    """The option names among ``words``: ``--set`` of ``--set key=value``, ``--out`` of ``--out/.train.lock``."""
+    return [match.group(0) for word in words if (match := re.match(r"--[A-Za-z0-9][A-Za-z0-9_-]*", word))]
 
 
 def options(parser: argparse.ArgumentParser) -> set[str]:
