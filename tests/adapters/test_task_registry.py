@@ -112,12 +112,15 @@ def with_mmlu_general(monkeypatch: pytest.MonkeyPatch) -> EvalTask:
 
 def fake_lm_eval_results(subjects: dict[str, tuple[float, int]]) -> dict:
     """lm_eval's results JSON for one medmoe_mmlu run: subject -> (accuracy, documents)."""
-    entries = {mmlu_subject_task(s): {"acc,none": acc, "sample_len": n} for s, (acc, n) in subjects.items()}
+    entries = {
+        mmlu_subject_task(subject): {"acc,none": acc, "acc_stderr,none": 0.1, "sample_len": n}
+        for subject, (acc, n) in subjects.items()
+    }
     total = sum(n for _, n in subjects.values())
     mean = sum(acc * n for acc, n in subjects.values()) / total
     return {
         "results": entries,
-        "groups": {"medmoe_mmlu": {"acc,none": mean, "sample_len": total}},
+        "groups": {"medmoe_mmlu": {"acc,none": mean, "acc_stderr,none": 0.05, "sample_len": total}},
         "group_subtasks": {"medmoe_mmlu": list(entries)},
         "config": {"model_args": "pretrained=x"},
     }
@@ -132,7 +135,7 @@ def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mm
     outcomes = {subject: (1.0, 3) if subject in MMLU_MEDICAL_SUBJECTS else (0.0, 1) for subject in MMLU_SUBJECTS}
     run = fake_lm_eval_results({**outcomes, "astronomy": (0.5, 2)})
     entry = results.score(run, "mmlu_general")
-    assert entry["documents"] == 52 and entry["score"] == pytest.approx(1 / 52)
+    assert entry["n"] == 52 and entry["score"] == pytest.approx(1 / 52) and 0 < entry["stderr"] < 0.1
     assert entry["lm_eval_task"] == "medmoe_mmlu_general"
     assert lookup_names("medmoe_mmlu_astronomy") == ["medmoe_mmlu_astronomy", "medmoe_mmlu_general", "medmoe_mmlu"]
     assert tables.score_columns("general") == {"gsm8k": "GSM8K", "mmlu": "MMLU", "mmlu_general": "MMLU-general"}
