@@ -32,7 +32,7 @@ table1: setup
 all: setup
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 8 all
 
-# Speed benchmarks (issue 6): they measure this machine, so they are not part of `all`.
+# Speed benchmarks: they measure this machine, not the method, so they are not part of `all`.
 perf: setup
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 8 results/perf.csv
 

@@ -22,8 +22,8 @@ include: "workflow/rules/perf.smk"
 
 
 rule all:
+    default_target: True
     input:
         TABLES,
         FIGURES,
         "results/report.md",
-    default_target: True

@@ -30,6 +30,6 @@ def batch():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """The `tiny` spec (random tiny Llama, SmolLM2 tokenizer) materialised once per session: a plain HF directory."""
-    from medmoelora.models import materialize
+    from medmoelora.base_models import materialize
 
     return materialize("tiny", tmp_path_factory.mktemp("models") / "tiny").path

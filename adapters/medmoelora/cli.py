@@ -1,7 +1,8 @@
 """The `medmoelora` command line: one subcommand per job, each registered by the module that does it.
 
 Every subcommand module exposes ``register(subparsers)``, which adds its parser and sets
-``func=run`` where ``run(args) -> int``. A `UserError` becomes one line on stderr and exit status 2.
+``func=run`` where ``run(args) -> int``. A `UserError` becomes one line on stderr and exit status 2
+(`medmoelora.errors.command_main`, shared with the ``python -m medmoelora_eval.*`` entry points).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from medmoelora.errors import UserError
+from medmoelora.errors import command_main
 
 # Imported lazily so that `medmoelora --help` does not pay for torch/transformers imports.
 SUBCOMMAND_MODULES = (
@@ -32,14 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

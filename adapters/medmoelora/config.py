@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.tasks import DEFAULT_EVAL_TASK_MAP, TRAINING_TASKS
 from medmoelora.validation import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -247,7 +248,6 @@ class AdapterConfig:
 
 # The four methods of the comparison, plus the paper's own Llama-3-8B setting. Everything not named
 # here takes the dataclass default, so the presets differ only where the methods differ.
-MEDICAL_TASKS = ("medqa", "medmcqa", "pubmedqa")
 PRESETS: dict[str, dict[str, Any]] = {
     # Plain LoRA: one rank-16 expert per module, no router.
     "lora": {
@@ -256,20 +256,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ranks": (16,),
         "routing": "none",
     },
-    # Multi-LoRA: one rank-8 LoRA per training task, hard-routed by the batch's task id.
+    # Multi-LoRA: one rank-8 LoRA per training task, hard-routed by the batch's task id; at evaluation
+    # each lm-eval task goes to the expert the task registry names for it.
     "multi_lora": {
         "method": "multi_lora",
-        "expert_schedule": {"kind": "uniform", "num_experts": 4},
+        "expert_schedule": {"kind": "uniform", "num_experts": len(TRAINING_TASKS)},
         "ranks": (8,),
         "routing": "task",
-        "task_names": (*MEDICAL_TASKS, "gsm8k"),
-        "eval_task_map": {
-            "medmoe_medqa": "medqa",
-            "medmoe_pubmedqa": "pubmedqa",
-            "medmoe_gsm8k": "gsm8k",
-            "medmoe_mmlu": "gsm8k",
-            "medmoe_mmlu_medical": "medqa",
-        },
+        "task_names": TRAINING_TASKS,
+        "eval_task_map": DEFAULT_EVAL_TASK_MAP,
     },
     # Uniform MoE-LoRA: N = 4 in every layer, soft routing at a fixed tau = 1, load balancing only.
     "uniform_moe": {
@@ -295,21 +290,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "balance_weight": 0.01,
         "preservation_weight": 0.01,
     },
-    # The paper's Llama-3-8B setting: ranks r_i in {8, 16, 32}, top-2 sparse routing.
-    "paper": {
-        "method": "med_moe_lora",
-        "base_model": "meta-llama/Meta-Llama-3-8B",
-        "expert_schedule": {"kind": "step", "min_experts": 2, "max_experts": 8, "split_fraction": 2 / 3},
-        "ranks": (8, 16, 32),
-        "routing": "soft",
-        "top_k": 2,
-        "learn_temperature": True,
-        "num_base_experts": 1,
-        "base_lr_scale": 0.5,
-        "base_l2_weight": 1e-4,
-        "balance_weight": 0.01,
-        "preservation_weight": 0.01,
-    },
+}
+# The paper's Llama-3-8B setting: Med-MoE-LoRA with ranks r_i in {8, 16, 32} and top-2 sparse routing.
+PRESETS["paper"] = {
+    **PRESETS["med_moe_lora"],
+    "base_model": "meta-llama/Meta-Llama-3-8B",
+    "ranks": (8, 16, 32),
+    "top_k": 2,
 }
 
 

@@ -1,13 +1,16 @@
 """One exception type for every mistake a user can make (config, data, paths, CLI arguments).
 
-The command line prints a `UserError` as one line (``error: <message>``) and exits with status 2;
-anything else is a bug and keeps its traceback.
+Every command line (``medmoelora`` and ``python -m medmoelora_eval.*``, through `command_main`) prints a
+`UserError` as one line (``error: <message>``) and exits with status 2; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import functools
+import sys
+from collections.abc import Callable, Iterable
 
 
 class UserError(ValueError):
@@ -30,3 +33,17 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return UserError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}.{hint}")
+
+
+def command_main(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Decorate a command line's ``main``: a `UserError` becomes ``error: <message>`` on stderr, return 2."""
+
+    @functools.wraps(main)
+    def run(*args: object, **kwargs: object) -> int:
+        try:
+            return int(main(*args, **kwargs) or 0)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return run

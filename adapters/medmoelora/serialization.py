@@ -1,4 +1,4 @@
-"""Adapters on disk: ARCHITECTURE.md's public format, and export of plain LoRA to PEFT's format.
+"""Adapters on disk: the public format of docs/adapter-format.md, and export of plain LoRA to PEFT's format.
 
 ``adapter_config.json`` holds the full `AdapterConfig`, the base model id, and every adapted module
 with its layer, shapes, expert count, ranks, alphas, base experts and the experts' dtype (``dtype``;
@@ -19,8 +19,6 @@ exactly its shape and dtype, and nothing else may be.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medmoelora import atomic
 from medmoelora.config import AdapterConfig
 from medmoelora.errors import UserError
 from medmoelora.layer import MoELoRALinear
@@ -142,19 +141,9 @@ def save_adapter(adapted: MoELoRAModel, directory: str | Path) -> Path:
         "config": config.to_dict(),
         "modules": modules,
     }
-    _write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write_atomically(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2) + "\n"))
+    atomic.write_with(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic.write_json(directory / CONFIG_FILE, header, indent=2)
     return directory
-
-
-def _write_atomically(target: Path, write: Callable[[str], object]) -> None:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written file behind."""
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        write(str(temporary))
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
@@ -344,5 +333,5 @@ def export_peft(adapted: MoELoRAModel, directory: str | Path) -> Path:
         lora_A, lora_B = layer.fused_weights()
         tensors[f"base_model.model.{path}.lora_A.weight"] = lora_A.detach().contiguous().cpu()
         tensors[f"base_model.model.{path}.lora_B.weight"] = lora_B.detach().contiguous().cpu()
-    _write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic.write_with(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     return directory

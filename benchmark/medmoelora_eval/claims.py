@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medmoelora.errors import UserError, unknown_name
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main, unknown_name
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
-from medmoelora_eval.results import write_atomic
+from medmoelora.tasks import EVAL_GSM8K, EVAL_MEDQA
 from medmoelora_eval.samples import (
     MEDICAL_AVERAGE,
     METRICS,
@@ -136,7 +137,7 @@ CLAIMS: tuple[Claim, ...] = (
         "C2",
         "Med-MoE-LoRA beats Multi-LoRA on MedQA (paper: 65.8 vs 61.3)",
         (("med_moe_lora", "multi_lora"),),
-        _medical("medqa", round(65.8 - 61.3, 1)),
+        _medical(EVAL_MEDQA.name, round(65.8 - 61.3, 1)),
     ),
     Claim(
         "C3",
@@ -168,7 +169,7 @@ CLAIMS: tuple[Claim, ...] = (
         "Med-MoE-LoRA loses less general skill than LoRA (paper: GSM8K -0.3 vs -3.6), on every forgetting measure",
         (("med_moe_lora", "lora"),),
         (
-            Measure("gsm8k", "accuracy", round(-0.3 - -3.6, 1)),
+            Measure(EVAL_GSM8K.name, "accuracy", round(-0.3 - -3.6, 1)),
             Measure(MMLU_GENERAL, "accuracy"),
             Measure(MMLU_GENERAL, "gold_logprob"),
             Measure(ROLLING, "bits_per_byte"),
@@ -459,6 +460,7 @@ def _read_routing(paths: Sequence[Path]) -> dict[str, dict]:
     return routing
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.claims", description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
@@ -469,19 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="claims CSV")
     parser.add_argument("--markdown", type=Path, help="also write the report's Claims section here")
     args = parser.parse_args(argv)
-    try:
-        if args.resamples < 1:
-            raise UserError(f"--resamples {args.resamples}: must be at least 1 (10000 is the default)")
-        runs = resolve_roles(_parse_runs(args.runs))
-        samples = load_samples(args.eval_dir, runs.values())
-        table = claims_table(samples, runs, _read_routing(args.routing), CONFIDENCE, args.resamples, args.seed)
-        section = render_claims(table)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_atomic(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    if args.resamples < 1:
+        raise UserError(f"--resamples {args.resamples}: must be at least 1 (10000 is the default)")
+    runs = resolve_roles(_parse_runs(args.runs))
+    samples = load_samples(args.eval_dir, runs.values())
+    table = claims_table(samples, runs, _read_routing(args.routing), CONFIDENCE, args.resamples, args.seed)
+    section = render_claims(table)
+    atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     if args.markdown:
-        write_atomic(args.markdown, section)
+        atomic.write_text(args.markdown, section)
     print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
     return 0
 

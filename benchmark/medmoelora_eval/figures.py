@@ -22,6 +22,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
+
 LAYER = re.compile(r"layers\.(\d+)\.")
 TEMPERATURE_KEY = ".router.log_temperature"
 
@@ -47,12 +50,13 @@ def routing_heatmap(stats: dict) -> plt.Figure:
 
 
 def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
-    """GSM8K and MMLU change against the base model (percentage points), one bar group per run."""
-    columns = ["GSM8K change", "MMLU change"]
+    """Every general score's change against the base model (percentage points), one bar group per run."""
+    columns = [column for column in table.columns if column.endswith(" change")]
     positions = np.arange(len(table))
+    width = 0.8 / len(columns)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for offset, column in zip((-0.2, 0.2), columns, strict=True):
-        ax.bar(positions + offset, table[column], width=0.4, label=column)
+    for index, column in enumerate(columns):
+        ax.bar(positions + (index - (len(columns) - 1) / 2) * width, table[column], width=width, label=column)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set(xticks=positions, ylabel="change vs base (points)", title="Forgetting of general skills")
     ax.set_xticklabels(table["run"])
@@ -71,7 +75,7 @@ def read_temperatures(adapter: Path) -> pd.DataFrame:
         if key.endswith(TEMPERATURE_KEY)
     ]
     if not rows:
-        raise SystemExit(f"error: {adapter} has no {TEMPERATURE_KEY} tensors (a LoRA or Multi-LoRA adapter?)")
+        raise UserError(f"{adapter} has no {TEMPERATURE_KEY} tensors (LoRA or Multi-LoRA?); pass a soft-routed adapter")
     return pd.DataFrame.from_records(rows)
 
 
@@ -92,18 +96,18 @@ def save(fig: plt.Figure, out: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out)
+    atomic.write_bytes(out, buffer.getvalue())
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.figures", description=__doc__.split("\n")[0])
     parser.add_argument("figure", choices=("routing", "forgetting", "temperature"))
     parser.add_argument("source", type=Path, help="routing_stats.json, table4.csv, or adapter_model.safetensors")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if not args.source.is_file():
+        raise UserError(f"{args.source} not found; pass the {args.figure} figure's input (see --help)")
     if args.figure == "routing":
         fig = routing_heatmap(json.loads(args.source.read_text(encoding="utf-8")))
     elif args.figure == "forgetting":

@@ -1,7 +1,7 @@
 """``lm_eval --model medmoelora``: lm-eval's HFLM with a saved Med-MoE-LoRA adapter injected in place.
 
     lm_eval --model medmoelora --model_args pretrained=BASE_DIR,adapter=ADAPTER_DIR,dtype=float32 \
-        --include_path benchmark/tasks --tasks medmoe_pubmedqa
+        --include_path benchmark/tasks --tasks TASKS      # the suite's tasks: medmoelora.tasks
 
 The base model loads through HFLM's own machinery (dtype, device, batch_size incl. ``auto``,
 max_batch_size, ``accelerate launch`` data parallelism), then `medmoelora.load_adapter` injects the
@@ -27,8 +27,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
+from medmoelora.base_models import check_model_dir, hub_offline
 from medmoelora.errors import UserError
-from medmoelora.models import check_model_dir, hub_offline
 from medmoelora.serialization import load_adapter, read_adapter_config
 from medmoelora_eval.errors import one_line_user_errors
 from medmoelora_eval.task_routing import TaskRouter

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medmoelora import atomic
+from medmoelora.errors import command_main
 from medmoelora.layer import MoELoRALinear, RoutingContext
-from medmoelora_eval.results import write_atomic
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
 NUM_EXPERTS = (1, 2, 4, 8, 16)
@@ -150,6 +152,7 @@ def run(repeats: int, warmup: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
     table = run(args.repeats, args.warmup)
-    write_atomic(args.out, table.to_csv(index=False, float_format="%.4f"))
+    atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     at_eight = table[table.num_experts == 8]
     print(
         f"fused vs loop at N = 8: whole layer median {at_eight.loop_over_fused.median():.2f}x "
@@ -168,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

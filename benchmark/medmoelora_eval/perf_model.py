@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,9 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
-from medmoelora import AdapterConfig, MoELoRAModel, inject_adapter
+from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter
 from medmoelora.config import METHODS
-from medmoelora_eval.results import write_atomic
+from medmoelora.errors import UserError, command_main
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
 
@@ -163,6 +164,7 @@ def run(model_dir: Path, repeats: int, warmup: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a transformers model directory")
@@ -171,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
+        raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
     table = run(args.model, args.repeats, args.warmup)
-    write_atomic(args.out, table.to_csv(index=False, float_format="%.4f"))
+    atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

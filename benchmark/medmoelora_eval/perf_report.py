@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,9 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from medmoelora_eval.results import write_atomic
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
 
-# Issue 6's targets: (what, measured column, comparison, bound)
+# The speed targets the suite sets itself (README.md, Performance): (what, measured column, comparison, bound)
 TARGETS = (
     ("fused layer vs per-expert loop at N = 8 (speed-up)", "loop_over_fused_n8", ">=", 2.0),
     ("fused vs loop at N = 8, adapter path alone (speed-up)", "adapter_loop_over_fused_n8", ">=", 2.0),
@@ -77,10 +79,11 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, path: Path) -> None:
     right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=Path, required=True)
@@ -89,16 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, required=True)
     parser.add_argument("--targets", type=Path, help="CSV of the targets, measured against their bounds")
     args = parser.parse_args(argv)
+    for path in (args.layer, args.model):
+        if not path.is_file():
+            raise UserError(f"{path} not found; run python -m medmoelora_eval.perf_layer / perf_model first")
     layer, model = pd.read_csv(args.layer), pd.read_csv(args.model)
     combined = pd.concat([layer.assign(benchmark="layer"), model.assign(benchmark="model")], ignore_index=True)
-    write_atomic(args.out, combined.to_csv(index=False, float_format="%.4f"))
+    atomic.write_text(args.out, combined.to_csv(index=False, float_format="%.4f"))
     figure(layer, model, args.figure)
     targets = summarize(layer, model)
     if args.targets:
-        write_atomic(args.targets, targets.to_csv(index=False))
+        atomic.write_text(args.targets, targets.to_csv(index=False))
     print(targets.to_markdown(index=False))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

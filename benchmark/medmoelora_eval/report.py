@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medmoelora_eval.results import write_atomic
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
 
 TITLES = {
     "table1": "Table 1: main results (percent; change in points against the base model)",
@@ -72,6 +73,7 @@ def render(tables: list[Path], figures: list[Path], reported: pd.DataFrame, out:
     return "\n".join(lines)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.report", description=__doc__.split("\n")[0])
     parser.add_argument("--tables", type=Path, nargs="+", required=True)
@@ -79,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reported", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    for path in [*args.tables, *args.figures, args.reported]:
+        if not path.is_file():
+            raise UserError(f"{path} not found; build it first (`snakemake all` makes every input of the report)")
     reported = pd.read_csv(args.reported, comment="#").fillna({"note": ""})
-    write_atomic(args.out, render(args.tables, args.figures, reported, args.out))
+    atomic.write_text(args.out, render(args.tables, args.figures, reported, args.out))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -1,28 +1,29 @@
-"""The evaluation contract of the workflow: which lm-eval task and metric make each of our five scores.
+"""The evaluation contract of the workflow: the task registry's lm-eval task and metric make each score.
 
     python -m medmoelora_eval.results samples --data data/processed --limits medqa=40 mmlu=2 --out samples.json
     python -m medmoelora_eval.results split LM_EVAL_OUTPUT_DIR --run lora --out results/eval/lora
 
 ``samples`` turns per-task limits into one ``lm_eval --samples`` file (N documents of every task, per
-MMLU subject for mmlu, drawn at random with a fixed seed), so that one lm_eval call evaluates every task
+subject for a group of MMLU subjects, drawn at random with a fixed seed), so that one lm_eval call evaluates every task
 at its own limit. A random draw, not lm_eval's ``--limit`` (the first N): the first 20 documents of
 PubMedQA's test set are all "yes", so a first-N subset rewards a model that always says yes.
 ``split`` reads lm_eval's output directory (``--output_path``, written with ``--log_samples``) and
 writes, for every task, ``<out>/<task>.json`` (score, lm-eval's standard error ``stderr``, the document
 count ``n``, lm-eval's raw entries) and ``<out>/<task>.samples.jsonl``, plus the full results file as
-``<out>/lm_eval_results.json``. ``mmlu_medical`` is computed from the ``medmoe_mmlu`` subjects (lm_eval
-refuses two groups sharing subtasks in one call), weighted by size as the group YAML does.
+``<out>/lm_eval_results.json``. A task that is ``part_of`` another in the registry (a subset of MMLU's
+subjects) is computed from that task's subject results (lm_eval refuses two groups sharing subtasks in
+one call), weighted by size as its group YAML does.
 
 ``<task>.samples.jsonl`` holds one line per evaluated document, sorted by lm-eval task and doc id, so
 that two runs can be compared on the same documents::
 
-    {"task": "medmoe_mmlu_anatomy", "doc_id": 12, "correct": 1,
+    {"task": "<an MMLU subject's lm-eval task>", "doc_id": 12, "correct": 1,
      "gold": 2, "loglikelihoods": [-9.1, -8.7, -8.2, -9.0]}      # multiple choice
-    {"task": "medmoe_gsm8k", "doc_id": 3, "correct": 0,
+    {"task": "<GSM8K's lm-eval task>", "doc_id": 3, "correct": 0,
      "answer": null, "target": "18"}                              # generation
 
 ``correct`` is lm-eval's own per-document value of the task's metric (``acc``; ``exact_match`` under the
-``strict-match`` filter for gsm8k), so its mean is the task's score. ``gold`` indexes the choices;
+``strict-match`` filter for GSM8K), so its mean is the task's score. ``gold`` indexes the choices;
 ``answer`` is the strict-match extraction (null where it found no answer) and ``target`` the gold
 answer after ``#### ``. ``stderr`` is null where lm-eval reports N/A (a task or subject of one
 document; a group with such a subject).
@@ -32,29 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from lm_eval.api.metrics import pooled_sample_stderr
 
-from medmoelora.data.prompts import get_prompt
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_SPLIT, EVAL_TASKS, RUN_TASKS, check_limits, get_prompt, mmlu_subject_task
 
-# Our task name -> (lm-eval task or group, metric key in lm-eval's results). Scores are fractions.
-TASKS: dict[str, tuple[str, str]] = {
-    "medqa": ("medmoe_medqa", "acc,none"),
-    "pubmedqa": ("medmoe_pubmedqa", "acc,none"),
-    "gsm8k": ("medmoe_gsm8k", "exact_match,strict-match"),  # lm-eval's headline filter for gsm8k
-    "mmlu": ("medmoe_mmlu", "acc,none"),
-    "mmlu_medical": ("medmoe_mmlu_medical", "acc,none"),
-}
-LEAF_TASKS = ("medqa", "pubmedqa", "gsm8k")  # one lm-eval task each; mmlu is one task per subject
 FULL_RESULTS = "lm_eval_results.json"
 SAMPLES_SUFFIX = ".samples.jsonl"
 # lm-eval's --log_samples file per leaf task: samples_<task>_<date_id>.jsonl, date_id an ISO time with "-".
@@ -62,37 +53,27 @@ _SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-
 _NO_ANSWER = "[invalid]"  # what lm-eval's regex filter returns when the pattern does not match
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling, so a failure leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def count_documents(data_dir: Path) -> dict[str, int]:
-    """Test documents per lm-eval leaf task, from the prepared data."""
+def count_documents(data_dir: Path) -> dict[str, tuple[str, int]]:
+    """``{lm-eval leaf task: (the task whose limit applies, test documents)}`` from the prepared data, for
+    every task lm_eval runs; a subject group's leaves are its subjects' tasks."""
     counts = {}
-    for task in LEAF_TASKS:
-        with (data_dir / task / "test.jsonl").open(encoding="utf-8") as handle:
-            counts[TASKS[task][0]] = sum(1 for line in handle if line.strip())
-    with (data_dir / "mmlu" / "test.jsonl").open(encoding="utf-8") as handle:
-        subjects = Counter(json.loads(line)["subject"] for line in handle if line.strip())
-    counts.update({f"medmoe_mmlu_{subject}": count for subject, count in sorted(subjects.items())})
+    for task in RUN_TASKS:
+        with (data_dir / task.data_task.name / f"{EVAL_SPLIT}.jsonl").open(encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        if task.subjects:
+            subjects = Counter(record["subject"] for record in records)
+            counts.update({mmlu_subject_task(s): (task.name, n) for s, n in sorted(subjects.items())})
+        else:
+            counts[task.lm_eval_task] = (task.name, len(records))
     return counts
 
 
 def samples(data_dir: Path, limits: dict[str, int | None], seed: int = 0) -> dict[str, list[int]]:
-    """``{lm-eval task: sorted document indices}``: N = the task's limit (per subject for mmlu) drawn with
-    ``seed``, the same for every run; None = all documents."""
+    """``{lm-eval task: sorted document indices}``: N = the task's limit (per subject for a subject group)
+    drawn with ``seed``, the same for every run; None = all documents."""
     out = {}
-    for task, count in count_documents(data_dir).items():
-        limit = limits["mmlu" if task.startswith("medmoe_mmlu_") else task.removeprefix("medmoe_")]
+    for task, (name, count) in count_documents(data_dir).items():
+        limit = limits[name]
         if limit is None or limit >= count:
             out[task] = list(range(count))
         else:
@@ -101,30 +82,32 @@ def samples(data_dir: Path, limits: dict[str, int | None], seed: int = 0) -> dic
 
 
 def leaf_tasks(results: dict[str, Any], task: str) -> list[str]:
-    """The lm-eval tasks whose documents make up one of our tasks (the subjects for mmlu)."""
-    name = TASKS[task][0]
-    if task == "mmlu_medical":
-        return [f"medmoe_mmlu_{subject}" for subject in MMLU_MEDICAL_SUBJECTS]
-    if task == "mmlu":
-        return list(results["group_subtasks"][name])
-    return [name]
+    """The lm-eval tasks whose documents make up one of our tasks (a subject group's: its subjects')."""
+    spec = EVAL_TASKS[task]
+    if spec.part_of is not None:
+        return [mmlu_subject_task(subject) for subject in spec.subjects]
+    if spec.subjects:
+        return list(results["group_subtasks"][spec.lm_eval_task])
+    return [spec.lm_eval_task]
 
 
 def score(results: dict[str, Any], task: str) -> dict[str, Any]:
     """One task's entry for ``<task>.json``: score (fraction), lm-eval's standard error, documents, and
     lm-eval's raw entries."""
-    name, metric = TASKS[task]
+    spec = EVAL_TASKS[task]
+    name, metric = spec.lm_eval_task, spec.metric
     metric_name, _, filter_key = metric.partition(",")
     stderr_key = f"{metric_name}_stderr,{filter_key}"
-    if task == "mmlu_medical":
+    if spec.part_of is not None:
         subtasks = {leaf: results["results"][leaf] for leaf in leaf_tasks(results, task)}
         sizes = [entry["sample_len"] for entry in subtasks.values()]
         value = sum(entry[metric] * size for entry, size in zip(subtasks.values(), sizes, strict=True)) / sum(sizes)
         stderrs = [entry[stderr_key] for entry in subtasks.values()]
         # As lm-eval aggregates a size-weighted group: pooled, N/A when a subject's stderr is N/A.
         stderr = "N/A" if "N/A" in stderrs else float(pooled_sample_stderr(stderrs, sizes))
-        entry: dict[str, Any] = {"derived_from": "medmoe_mmlu subjects, weighted by size", "subtasks": subtasks}
-    elif task == "mmlu":
+        parent = EVAL_TASKS[spec.part_of].lm_eval_task
+        entry: dict[str, Any] = {"derived_from": f"{parent} subjects, weighted by size", "subtasks": subtasks}
+    elif spec.subjects:
         group = results["groups"][name]
         subtasks = {sub: results["results"][sub] for sub in leaf_tasks(results, task)}
         value, sizes, stderr = group[metric], [group["sample_len"]], group[stderr_key]
@@ -153,7 +136,7 @@ def find_samples_files(raw_dir: Path) -> dict[str, Path]:
         if match is None:
             continue
         if match["task"] in found:
-            raise SystemExit(f"error: two samples files for {match['task']} under {raw_dir}: use one lm_eval run")
+            raise UserError(f"two samples files for {match['task']} under {raw_dir}: use one lm_eval run")
         found[match["task"]] = path
     return found
 
@@ -163,7 +146,7 @@ def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[
     metric_name = metric.partition(",")[0]
     correct = record[metric_name]
     if correct not in (0, 1):
-        raise SystemExit(f"error: {task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
+        raise UserError(f"{task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
     compact: dict[str, Any] = {"task": task, "doc_id": int(record["doc_id"]), "correct": int(correct)}
     if config["output_type"] == "multiple_choice":
         # filtered_resps: one [loglikelihood, is_greedy] per choice, as strings (lm-eval's sanitize_list)
@@ -174,8 +157,8 @@ def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[
         # lm-eval's acc: argmax of the loglikelihoods (the first of ties) is the gold choice
         predicted = max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)
         if int(predicted == gold) != compact["correct"]:
-            raise SystemExit(
-                f"error: {task} doc {record['doc_id']}: {metric_name} = {correct} disagrees with the "
+            raise UserError(
+                f"{task} doc {record['doc_id']}: {metric_name} = {correct} disagrees with the "
                 f"loglikelihoods {loglikelihoods} and gold choice {gold}; is this lm-eval's samples format?"
             )
         compact.update(gold=gold, loglikelihoods=loglikelihoods)
@@ -188,12 +171,12 @@ def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[
 
 def task_samples(results: dict[str, Any], files: dict[str, Path], task: str) -> list[dict[str, Any]]:
     """Every document of one of our tasks, compacted, in lm-eval task and doc id order."""
-    metric = TASKS[task][1]
+    metric = EVAL_TASKS[task].metric
     filter_key = metric.partition(",")[2]
     compacted = []
     for leaf in sorted(leaf_tasks(results, task)):
         if leaf not in files:
-            raise SystemExit(f"error: no lm_eval samples file for {leaf}: run lm_eval with --log_samples")
+            raise UserError(f"no lm_eval samples file for {leaf}: run lm_eval with --log_samples")
         with files[leaf].open(encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
         chosen = [record for record in records if record["filter"] == filter_key]
@@ -207,47 +190,55 @@ def task_samples(results: dict[str, Any], files: dict[str, Path], task: str) -> 
 def split(raw_dir: Path, run: str, out: Path) -> None:
     found = sorted(raw_dir.rglob("results_*.json"))
     if len(found) != 1:
-        raise SystemExit(f"error: expected one lm_eval results_*.json under {raw_dir}, found {len(found)}")
+        raise UserError(
+            f"expected one lm_eval results_*.json under {raw_dir}, found {len(found)}; pass one run's --output_path"
+        )
     text = found[0].read_text(encoding="utf-8")
     results = json.loads(text)
     files = find_samples_files(raw_dir)
     outputs = {}  # everything is read and checked before the first file is written
-    for task in TASKS:
+    for task in EVAL_TASKS:
         record = {"run": run, "model_args": results["config"]["model_args"], **score(results, task)}
         documents = task_samples(results, files, task)
         if len(documents) != record["n"]:
-            raise SystemExit(f"error: {task}: {len(documents)} logged samples for {record['n']} documents")
+            raise UserError(f"{task}: {len(documents)} logged samples for {record['n']} documents")
         outputs[f"{task}{SAMPLES_SUFFIX}"] = "".join(json.dumps(doc, sort_keys=True) + "\n" for doc in documents)
         outputs[f"{task}.json"] = json.dumps(record, indent=1, sort_keys=True) + "\n"
     outputs[FULL_RESULTS] = text
     for name, content in outputs.items():
-        write_atomic(out / name, content)
+        atomic.write_text(out / name, content)
 
 
 def load_score(eval_dir: Path, run: str, task: str) -> float:
-    """A run's score on a task in percent."""
-    return 100.0 * json.loads((eval_dir / run / f"{task}.json").read_text(encoding="utf-8"))["score"]
+    """A run's score on a task: in percent for a fraction, else as lm-eval reports it."""
+    path = eval_dir / run / f"{task}.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: evaluate run {run!r} first (`python -m medmoelora_eval.results split`)")
+    value = json.loads(path.read_text(encoding="utf-8"))["score"]
+    return 100.0 * value if EVAL_TASKS[task].percent else value
 
 
 def _parse_limits(pairs: list[str]) -> dict[str, int | None]:
     limits: dict[str, int | None] = {}
     for pair in pairs:
         task, _, value = pair.partition("=")
-        if task not in TASKS or task == "mmlu_medical":
-            raise SystemExit(f"error: --limits {pair!r}: task must be one of medqa, pubmedqa, gsm8k, mmlu")
-        limits[task] = None if value in ("None", "null", "") else int(value)
-    missing = {"medqa", "pubmedqa", "gsm8k", "mmlu"} - set(limits)
-    if missing:
-        raise SystemExit(f"error: --limits misses {sorted(missing)} (use TASK=null for every document)")
+        if value in ("None", "null", ""):
+            limits[task] = None
+        elif value.isdigit() and int(value) >= 1:
+            limits[task] = int(value)
+        else:
+            raise UserError(f"--limits {pair!r}: N must be an integer >= 1, or null for every document")
+    check_limits(limits)
     return limits
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.results", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("samples", help="per-task limits -> an lm_eval --samples file")
     make.add_argument("--data", type=Path, required=True, help="prepared data directory")
-    make.add_argument("--limits", nargs="+", required=True, metavar="TASK=N", help="N per task (per subject: mmlu)")
+    make.add_argument("--limits", nargs="+", required=True, metavar="TASK=N", help="N per task (per subject: groups)")
     make.add_argument("--seed", type=int, default=0, help="seed of the per-task document draw")
     make.add_argument("--out", type=Path, required=True)
     cut = commands.add_parser("split", help="lm_eval output directory -> <out>/<task>.json, <task>.samples.jsonl")
@@ -257,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "samples":
         chosen = samples(args.data, _parse_limits(args.limits), args.seed)
-        write_atomic(args.out, json.dumps(chosen) + "\n")
+        atomic.write_text(args.out, json.dumps(chosen) + "\n")
         print(f"samples: {sum(map(len, chosen.values()))} documents in {len(chosen)} tasks", file=sys.stderr)
     else:
         split(args.raw_dir, args.run, args.out)

@@ -5,7 +5,7 @@ Layout read (one JSON object per evaluated document, written by the eval step)::
     results/eval/<run>/<task>.samples.jsonl              a run without seeds (the base model, one seed)
     results/eval/<run>/seed<k>/<task>.samples.jsonl      one directory per training seed k
 
-Every record has ``task`` (the lm-eval task, e.g. ``medmoe_mmlu_anatomy``), ``doc_id`` and ``correct``;
+Every record has ``task`` (the lm-eval task: an MMLU record's is its subject's), ``doc_id`` and ``correct``;
 multiple-choice records add ``gold`` and ``loglikelihoods`` (one per choice), rolling-loglikelihood
 records ``loglikelihood`` and ``bytes``. A document is identified by (lm-eval task, doc_id) within a
 task file; a run's seeds, and the runs compared, must hold the same documents.
@@ -20,9 +20,10 @@ share one estimator (see `medmoelora_eval.stats`):
 - ``brier``: ``sum_j (p_j - [j = gold])^2`` with ``p = softmax(loglikelihoods)`` (0 best, 2 worst).
 - ``bits_per_byte``: numerator ``-loglikelihood / ln 2``, denominator the document's bytes (lower is better).
 
-Scopes: one task file (``medqa``, ``gsm8k``, ...), ``medical_average`` (MedQA, PubMedQA, MMLU-medical,
-each task counting once) and ``mmlu_general`` (MMLU's non-medical subjects: the ``mmlu_general`` file
-when the eval wrote one, else the ``mmlu`` file less the medical subjects).
+Scopes: one task file (an evaluation task of the registry, `medmoelora.tasks`), ``medical_average``
+(its medical tasks: MedQA, PubMedQA, MMLU-medical, each task counting once) and ``mmlu_general`` (MMLU's
+non-medical subjects: the ``mmlu_general`` file when the eval wrote one, else the MMLU file less the
+medical subjects).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import log_softmax
 
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
 from medmoelora.errors import UserError
+from medmoelora.tasks import EVAL_MMLU, EVAL_TASKS, MMLU_MEDICAL_SUBJECTS, mmlu_subject_task
 
 SUFFIX = ".samples.jsonl"
 SEED_DIRECTORY = re.compile(r"seed(\d+)")
@@ -193,17 +194,15 @@ METRICS: dict[str, Metric] = {
 
 MEDICAL_AVERAGE = "medical_average"
 MMLU_GENERAL = "mmlu_general"
-SCOPES: dict[str, tuple[str, ...]] = {MEDICAL_AVERAGE: ("medqa", "pubmedqa", "mmlu_medical")}
+SCOPES: dict[str, tuple[str, ...]] = {
+    MEDICAL_AVERAGE: tuple(name for name, task in EVAL_TASKS.items() if task.domain == "medical")
+}
 SCOPE_LABELS = {
     MEDICAL_AVERAGE: "Medical avg",
-    "medqa": "MedQA",
-    "pubmedqa": "PubMedQA",
-    "mmlu_medical": "MMLU-medical",
-    "gsm8k": "GSM8K",
-    "mmlu": "MMLU",
+    **{name: task.label for name, task in EVAL_TASKS.items()},
     MMLU_GENERAL: "MMLU-general",
 }
-_MEDICAL_SUBTASKS = {f"medmoe_mmlu_{subject}" for subject in MMLU_MEDICAL_SUBJECTS}
+_MEDICAL_SUBTASKS = {mmlu_subject_task(subject) for subject in MMLU_MEDICAL_SUBJECTS}
 
 
 def scope_tasks(scope: str) -> tuple[str, ...]:
@@ -221,7 +220,7 @@ def task_rows(samples: pd.DataFrame, task: str, run: str | None = None) -> pd.Da
     of_run = samples["run"].eq(run) if run is not None else True
     rows = samples[samples["file"].eq(task) & of_run]
     if rows.empty and task == MMLU_GENERAL:
-        rows = samples[samples["file"].eq("mmlu") & ~samples["task"].isin(_MEDICAL_SUBTASKS) & of_run]
+        rows = samples[samples["file"].eq(EVAL_MMLU.name) & ~samples["task"].isin(_MEDICAL_SUBTASKS) & of_run]
     return rows
 
 
@@ -238,7 +237,7 @@ def available_scopes(samples: pd.DataFrame) -> list[str]:
     """The scopes this set of results can score: composite ones first, then each task file."""
     files = list(dict.fromkeys(samples["file"]))
     composite = [scope for scope, tasks in SCOPES.items() if set(tasks) <= set(files)]
-    if "mmlu" in files and MMLU_GENERAL not in files:
+    if EVAL_MMLU.name in files and MMLU_GENERAL not in files:
         composite.append(MMLU_GENERAL)
     return composite + files
 

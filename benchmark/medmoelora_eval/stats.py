@@ -58,8 +58,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, permutation_test
 
-from medmoelora.errors import UserError
-from medmoelora_eval.results import write_atomic
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
 from medmoelora_eval.samples import METRICS, Stratum, available_scopes, has_metric, load_samples, strata
 
 RESAMPLES = 10_000
@@ -342,6 +342,7 @@ def score_table(
     return pd.DataFrame.from_records(records).assign(resamples=resamples, seed=seed)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.stats", description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
@@ -352,14 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and permutation draws")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        runs = list(dict.fromkeys([*args.runs, *([args.base] if args.base else [])]))
-        samples = load_samples(args.eval_dir, runs)
-        table = score_table(samples, args.runs, args.base, CONFIDENCE, args.resamples, args.seed, args.metrics)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_atomic(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    runs = list(dict.fromkeys([*args.runs, *([args.base] if args.base else [])]))
+    samples = load_samples(args.eval_dir, runs)
+    table = score_table(samples, args.runs, args.base, CONFIDENCE, args.resamples, args.seed, args.metrics)
+    atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     print(f"wrote {args.out} ({len(table)} scores)", file=sys.stderr)
     return 0
 

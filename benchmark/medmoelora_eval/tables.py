@@ -3,9 +3,10 @@
     python -m medmoelora_eval.tables main --rows base=base lora=lora ... --base base --out results/table1.csv
 
 Tables: ``main`` (table1: scores, forgetting vs base, parameters), ``allocation`` (table2),
-``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5). Scores are percent; "change"
-columns are percentage points against the base model; the medical average is the mean of MedQA,
-PubMedQA and MMLU-medical.
+``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5). The score columns are the task
+registry's evaluation tasks (`medmoelora.tasks`), in its order: the medical ones and their mean (the
+medical average: MedQA, PubMedQA and MMLU-medical), and the general ones with their change against the
+base model (forgetting). Scores are percent, changes percentage points.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from medmoelora_eval.results import load_score, write_atomic
+from medmoelora import atomic
+from medmoelora.errors import command_main
+from medmoelora.tasks import EVAL_TASKS, Domain
+from medmoelora_eval.results import load_score
 
-SCORE_COLUMNS = {"medqa": "MedQA", "pubmedqa": "PubMedQA", "mmlu_medical": "MMLU-medical"}
 MEDICAL_AVERAGE = "Medical avg"
 
 
+def score_columns(domain: Domain) -> dict[str, str]:
+    """Evaluation task -> column heading, for the registry's tasks of one domain, in its order."""
+    return {name: task.label for name, task in EVAL_TASKS.items() if task.domain == domain}
+
+
 def _scores(eval_dir: Path, run: str) -> dict[str, float]:
-    scores = {name: load_score(eval_dir, run, task) for task, name in SCORE_COLUMNS.items()}
+    scores = {name: load_score(eval_dir, run, task) for task, name in score_columns("medical").items()}
     scores[MEDICAL_AVERAGE] = sum(scores.values()) / len(scores)
     return scores
 
@@ -35,11 +43,11 @@ def _metrics(train_dir: Path, run: str) -> dict:
 
 
 def _forgetting(eval_dir: Path, run: str, base: str) -> dict[str, float]:
-    row = {}
-    for task, name in (("gsm8k", "GSM8K"), ("mmlu", "MMLU")):
-        row[name] = load_score(eval_dir, run, task)
-        row[f"{name} change"] = row[name] - load_score(eval_dir, base, task)
-    return row
+    """Every general score, then every general score's change against the base model."""
+    general = score_columns("general")
+    scores = {name: load_score(eval_dir, run, task) for task, name in general.items()}
+    changes = {f"{name} change": scores[name] - load_score(eval_dir, base, task) for task, name in general.items()}
+    return {**scores, **changes}
 
 
 def main_table(rows: dict[str, str], eval_dir: Path, train_dir: Path, base: str) -> pd.DataFrame:
@@ -47,15 +55,11 @@ def main_table(rows: dict[str, str], eval_dir: Path, train_dir: Path, base: str)
     records = []
     for label, run in rows.items():
         metrics = {"trainable_params": 0, "active_params": 0} if run == base else _metrics(train_dir, run)
-        forgetting = _forgetting(eval_dir, run, base)
         records.append(
             {
                 "run": label,
                 **_scores(eval_dir, run),
-                "GSM8K": forgetting["GSM8K"],
-                "MMLU": forgetting["MMLU"],
-                "GSM8K change": forgetting["GSM8K change"],
-                "MMLU change": forgetting["MMLU change"],
+                **_forgetting(eval_dir, run, base),
                 "Trainable params": metrics["trainable_params"],
                 "Active params": metrics["active_params"],
             }
@@ -80,21 +84,14 @@ def allocation_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> p
 
 
 def temperature_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> pd.DataFrame:
-    """Table 3: router temperature tau; also the mean tau the adapter ends with (learned or fixed)."""
+    """Table 3: router temperature tau: the medical scores and the mean tau the adapter ends with (learned
+    or fixed)."""
     from medmoelora_eval.figures import read_temperatures
 
     records = []
     for label, run in rows.items():
         taus = read_temperatures(train_dir / run / "adapter_model.safetensors")
-        scores = _scores(eval_dir, run)
-        records.append(
-            {
-                "tau": label,
-                "MedQA": scores["MedQA"],
-                MEDICAL_AVERAGE: scores[MEDICAL_AVERAGE],
-                "final tau (mean)": float(taus["tau"].mean()),
-            }
-        )
+        records.append({"tau": label, **_scores(eval_dir, run), "final tau (mean)": float(taus["tau"].mean())})
     return pd.DataFrame.from_records(records)
 
 
@@ -137,7 +134,7 @@ def _experts_per_layer(adapter_config: Path) -> str:
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:
-    write_atomic(out, table.round(4).to_csv(index=False, lineterminator="\n"))
+    atomic.write_text(out, table.round(4).to_csv(index=False, lineterminator="\n"))
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -157,6 +154,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], pd.DataFrame]] = {
 }
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.tables", description=__doc__.split("\n")[0])
     parser.add_argument("table", choices=BUILDERS)

@@ -2,10 +2,10 @@
 
 Every lm-eval request carries its task name (``Instance.task_name``). The adapter config maps lm-eval
 task names to training tasks (``eval_task_map``); the expert is the training task's index in
-``task_names``. A task that is not mapped itself is looked up, in this order, under the groups that
-contain it (``medmoe_mmlu_anatomy``: ``medmoe_mmlu_medical``, then ``medmoe_mmlu``), then by the
-training task id that every prepared record carries (the ``task_id`` of the task YAML's metadata),
-then as the config's ``fallback_task``; failing all of these is an error that names the task.
+``task_names``. A task that is not mapped itself is looked up, in this order, under the groups of the
+task registry that contain it (an MMLU subject: its medical or general subset, then all of MMLU), then
+by the training task id that every prepared record carries (the ``task_id`` of the task YAML's
+metadata), then as the config's ``fallback_task``; failing all of these is an error that names the task.
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from medmoelora.config import AdapterConfig
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
 from medmoelora.errors import UserError
-
-MMLU_PREFIX = "medmoe_mmlu_"
-MMLU_GROUP = "medmoe_mmlu"
-MMLU_MEDICAL_GROUP = "medmoe_mmlu_medical"
+from medmoelora.tasks import groups_over
 
 
 class Request(Protocol):
@@ -31,12 +27,7 @@ class Request(Protocol):
 
 def lookup_names(task_name: str) -> list[str]:
     """The task itself, then the groups that contain it, most specific first."""
-    names = [task_name]
-    if task_name.startswith(MMLU_PREFIX) and task_name != MMLU_MEDICAL_GROUP:
-        if task_name[len(MMLU_PREFIX) :] in MMLU_MEDICAL_SUBJECTS:
-            names.append(MMLU_MEDICAL_GROUP)
-        names.append(MMLU_GROUP)
-    return names
+    return [task_name, *groups_over(task_name)]
 
 
 class TaskRouter:

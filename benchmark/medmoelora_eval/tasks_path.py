@@ -1,6 +1,6 @@
 """Where the suite's lm-eval task YAMLs are: the folder to give ``lm_eval --include_path``.
 
-    lm_eval --model medmoelora --model_args ... --tasks medmoe_medqa \\
+    lm_eval --model medmoelora --model_args ... --tasks TASKS \\
         --include_path "$(python -m medmoelora_eval.tasks_path)"
 
 From a checkout (or an editable install) that folder is ``benchmark/tasks``, so ``--include_path

@@ -137,7 +137,7 @@ def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) ->
 # ---- the base model --------------------------------------------------------------------------------------------
 def check_model_spec(spec: str) -> None:
     """The model spec's form (tiny, an alias, pypi:..., an existing .gguf or directory, a Hub id)."""
-    from medmoelora.models import check_spec
+    from medmoelora.base_models import check_spec
 
     try:
         check_spec(spec)

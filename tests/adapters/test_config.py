@@ -93,3 +93,13 @@ def test_task_routing_needs_one_expert_per_task():
 def test_lora_routing_none_needs_a_single_expert():
     with pytest.raises(ConfigError, match="routing"):
         AdapterConfig.from_preset("lora", expert_schedule={"num_experts": 2})
+
+
+def test_paper_preset_is_med_moe_lora_at_the_papers_scale():
+    """Only the model, the ranks and top-k differ: a change to med_moe_lora reaches the paper preset."""
+    paper = AdapterConfig.from_preset("paper").to_dict()
+    med_moe_lora = AdapterConfig.from_preset("med_moe_lora").to_dict()
+    differing = {key for key in paper if paper[key] != med_moe_lora[key]}
+    assert differing == {"base_model", "ranks", "top_k"}
+    assert paper["ranks"] == [8, 16, 32] and paper["top_k"] == 2 and paper["method"] == "med_moe_lora"
+    assert PRESETS["paper"]["expert_schedule"] is PRESETS["med_moe_lora"]["expert_schedule"]

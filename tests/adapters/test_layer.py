@@ -18,7 +18,7 @@ BATCH, LENGTH = 3, 7
 
 
 def naive_mixture(x, w0, bias, experts, router_weight, tau, routing, top_k=None, task_ids=None):
-    """h = W0 x + sum_i g_i(x) * (alpha_i / r_i) * B_i A_i x, one expert at a time (ARCHITECTURE.md)."""
+    """h = W0 x + sum_i g_i(x) * (alpha_i / r_i) * B_i A_i x, one expert at a time (docs/adapter-format.md)."""
     out = x @ w0.T + bias
     if routing == "soft":
         gates = torch.softmax((x @ router_weight.T) / tau, dim=-1)  # (B, T, N)

@@ -1,4 +1,4 @@
-"""Save then load is bit-exact; the on-disk format is ARCHITECTURE.md's; bad adapters fail in one line."""
+"""Save then load is bit-exact; the on-disk format is docs/adapter-format.md's; bad adapters fail in one line."""
 
 from __future__ import annotations
 

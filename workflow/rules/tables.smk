@@ -9,11 +9,11 @@ rule table1:
         "results/table1.csv",
     log:
         "logs/table1/table1.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args([BASE_RUN, *MAIN_RUNS]),
         base=BASE_RUN,
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables main --rows {params.rows} --base {params.base} --out {output} 2> {log}"
 
@@ -26,10 +26,10 @@ rule table2:
         "results/table2.csv",
     log:
         "logs/table2/table2.log",
-    params:
-        rows=row_args(ALLOCATION),
     conda:
         "../envs/medmoelora.yaml"
+    params:
+        rows=row_args(ALLOCATION),
     shell:
         "python -m medmoelora_eval.tables allocation --rows {params.rows} --out {output} 2> {log}"
 
@@ -42,10 +42,10 @@ rule table3:
         "results/table3.csv",
     log:
         "logs/table3/table3.log",
-    params:
-        rows=row_args(TEMPERATURE),
     conda:
         "../envs/medmoelora.yaml"
+    params:
+        rows=row_args(TEMPERATURE),
     shell:
         "python -m medmoelora_eval.tables temperature --rows {params.rows} --out {output} 2> {log}"
 
@@ -57,11 +57,11 @@ rule table4:
         "results/table4.csv",
     log:
         "logs/table4/table4.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args(FORGETTING),
         base=BASE_RUN,
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables forgetting --rows {params.rows} --base {params.base} --out {output} 2> {log}"
 
@@ -73,10 +73,10 @@ rule table5:
         "results/table5.csv",
     log:
         "logs/table5/table5.log",
-    params:
-        rows=row_args(MAIN_RUNS),
     conda:
         "../envs/medmoelora.yaml"
+    params:
+        rows=row_args(MAIN_RUNS),
     shell:
         "python -m medmoelora_eval.tables cost --rows {params.rows} --out {output} 2> {log}"
 

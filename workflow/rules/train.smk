@@ -13,18 +13,18 @@ rule train:
         train_log="results/train/{run}/train_log.csv",
     log:
         "logs/train/{run}.log",
-    params:
-        launcher=get_train_launcher,
-        method=lambda wildcards: RUNS[wildcards.run]["method"],
-        overrides=get_train_overrides,
-        out=subpath(output.adapter, parent=True),
+    conda:
+        "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
     resources:
         gpu=compute("train", "gpus"),
         mem_mb=compute("train", "mem_mb"),
         runtime=compute("train", "runtime"),
-    conda:
-        "../envs/medmoelora.yaml"
+    params:
+        launcher=get_train_launcher,
+        method=lambda wildcards: RUNS[wildcards.run]["method"],
+        overrides=get_train_overrides,
+        out=subpath(output.adapter, parent=True),
     shell:
         # --resume-if-possible: a killed or preempted attempt (a rerun, or a --retries attempt) continues
         # from its last complete checkpoint. Checkpoints live in results/train/{run}/checkpoints/, which is

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_architecture(spec: str):
-    from medmoelora.models import check_model_dir
+    from medmoelora.base_models import check_model_dir
     from medmoelora.params import KNOWN_ARCHITECTURES, architecture
 
     if spec in KNOWN_ARCHITECTURES:

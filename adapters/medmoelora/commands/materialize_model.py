@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from medmoelora.models import ALIASES, DTYPES, PROVENANCE_FILE, TINY
+from medmoelora.base_models import ALIASES, DTYPES, PROVENANCE_FILE, TINY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Materialise, then print one summary line (stderr) and the directory (stdout)."""
-    from medmoelora.models import materialize
+    from medmoelora.base_models import materialize
 
     start = time.perf_counter()
     result = materialize(args.spec, args.out, force=args.force, dtype=args.dtype)

@@ -7,9 +7,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from medmoelora.data.prepare import GENERAL_TASKS, Options, check_out, prepare
+from medmoelora.data.prepare import Options, check_out, prepare
 from medmoelora.data.sources import read_hub, read_raw
 from medmoelora.errors import UserError
+from medmoelora.tasks import DEFAULT_GENERAL_TRAINING, GENERAL_TRAINING_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/processed"), help="output directory")
     parser.add_argument(
         "--general-task",
-        choices=GENERAL_TASKS,
-        default="gsm8k",
-        help="general-domain knowledge-preservation training set: gsm8k/train, mmlu dev+validation "
-        "(written as mmlu/train), or none (default: gsm8k)",
+        choices=GENERAL_TRAINING_CHOICES,
+        default=DEFAULT_GENERAL_TRAINING,
+        help="general-domain knowledge-preservation training set: that task's train split (MMLU's: its dev "
+        "and validation sets, written as mmlu/train), or none (default: %(default)s)",
     )
     parser.add_argument(
         "--pubmedqa-validation",
@@ -64,7 +65,7 @@ def _progress(items: Iterable, desc: str) -> Iterator:
 
 def _read_hub(pubmedqa_test_ids: Path | None):
     """`read_hub`, with an offline or unreachable Hub as one line instead of a datasets traceback."""
-    from medmoelora.models import hub_offline
+    from medmoelora.base_models import hub_offline
 
     if hub_offline():
         raise UserError("--from-hub, but the Hub is offline (HF_HUB_OFFLINE); unset it, or read --raw-dir instead")

@@ -73,7 +73,7 @@ def read_config_file(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medmoelora.models import check_model_dir
+    from medmoelora.base_models import check_model_dir
     from medmoelora.training.config import build_run_config
     from medmoelora.training.resume import AlreadyFinished, is_main_process
     from medmoelora.training.run import train

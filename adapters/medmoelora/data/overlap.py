@@ -11,11 +11,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from medmoelora.tasks import data_task
+
 Record = dict[str, Any]
 
-# The field that holds the question text in each task's schema.
-QUESTION_FIELD = {"medqa": "sent1", "pubmedqa": "QUESTION", "gsm8k": "question", "mmlu": "question",
-                  "medmcqa": "question"}  # fmt: skip
 METHOD = (
     "a training record is dropped if its question text equals an evaluation question exactly, or after "
     "normalisation (Unicode NFKC, lowercase, every Unicode punctuation character replaced by a space, "
@@ -26,7 +25,7 @@ _SPACE = re.compile(r"\s+")
 
 def question(record: Record) -> str:
     """The question text of a record of any task."""
-    return record[QUESTION_FIELD[record["task_id"]]]
+    return record[data_task(record["task_id"]).question_field]
 
 
 def normalize(text: str) -> str:

@@ -9,28 +9,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medmoelora import atomic
 from medmoelora.data.overlap import METHOD, EvalIndex, count_overlap, drop_overlap
-from medmoelora.data.sources import MMLU_MEDICAL_SUBJECTS, SCHEMA_VERSION, Record, Sources
+from medmoelora.data.sources import SCHEMA_VERSION, Record, Sources
 from medmoelora.errors import UserError
+from medmoelora.tasks import (
+    DATA_TASKS,
+    DEFAULT_GENERAL_TRAINING,
+    EVAL_SPLIT,
+    EVAL_TASKS,
+    GSM8K,
+    MEDMCQA,
+    MEDQA,
+    MMLU,
+    MMLU_MEDICAL_SUBJECTS,
+    PUBMEDQA,
+)
 
 Split = tuple[str, str]
-EVAL_SPLITS: tuple[Split, ...] = (
-    ("medqa", "test"),
-    ("pubmedqa", "test"),
-    ("gsm8k", "test"),
-    ("mmlu", "test"),
+# The test split of every task that an evaluation task reads, in the registry's order.
+EVAL_SPLITS: tuple[Split, ...] = tuple(dict.fromkeys((task.data_task.name, EVAL_SPLIT) for task in EVAL_TASKS.values()))
+MEDICAL_TRAIN: tuple[Split, ...] = tuple(
+    (name, "train") for name, task in DATA_TASKS.items() if task.domain == "medical" and task.default_training
 )
-MEDICAL_TRAIN: tuple[Split, ...] = (("medqa", "train"), ("medmcqa", "train"), ("pubmedqa", "train"))
-GENERAL_TASKS = ("gsm8k", "mmlu", "none")
 # Line breaks that json.dumps(ensure_ascii=False) leaves raw but str.splitlines() splits at; escaping
 # them keeps one record a line for every reader (the decoded text is unchanged).
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -42,7 +49,7 @@ class Options:
 
     source: str  # "raw" or "hub"
     raw_dir: str | None
-    general_task: str = "gsm8k"
+    general_task: str = DEFAULT_GENERAL_TRAINING
     pubmedqa_validation: int = 50
     seed: int = 0
 
@@ -57,7 +64,7 @@ def check_out(out: Path) -> None:
 
 def _split_pubmedqa(sources: Sources, options: Options) -> dict[Split, list[Record]]:
     """Official 500 test PMIDs -> test; the other labelled questions -> train + seeded validation."""
-    labeled = {record["id"].removeprefix("pubmedqa-"): record for record in sources.records["pubmedqa", "labeled"]}
+    labeled = {record["id"].removeprefix("pubmedqa-"): record for record in sources.records[PUBMEDQA.name, "labeled"]}
     test = []
     for pmid, label in sources.pubmedqa_test_ids.items():
         if pmid not in labeled:
@@ -73,9 +80,9 @@ def _split_pubmedqa(sources: Sources, options: Options) -> dict[Split, list[Reco
         )
     chosen = set(random.Random(options.seed).sample(range(len(pool)), options.pubmedqa_validation))
     return {
-        ("pubmedqa", "test"): test,
-        ("pubmedqa", "train"): [r for i, r in enumerate(pool) if i not in chosen],
-        ("pubmedqa", "validation"): [r for i, r in enumerate(pool) if i in chosen],
+        (PUBMEDQA.name, "test"): test,
+        (PUBMEDQA.name, "train"): [r for i, r in enumerate(pool) if i not in chosen],
+        (PUBMEDQA.name, "validation"): [r for i, r in enumerate(pool) if i in chosen],
     }
 
 
@@ -83,20 +90,21 @@ def build_splits(sources: Sources, options: Options) -> tuple[dict[Split, list[R
     """All output splits, and the training splits that the contamination check filters."""
     records = sources.records
     # Offline there is no MedQA/MedMCQA train release: their dev sets stand in (see SOURCES.md).
+    medqa, medmcqa, gsm8k, mmlu = MEDQA.name, MEDMCQA.name, GSM8K.name, MMLU.name
     splits: dict[Split, list[Record]] = {
-        ("medqa", "test"): records["medqa", "test"],
-        ("medqa", "train"): records.get(("medqa", "train")) or records["medqa", "dev"],
-        ("medmcqa", "train"): records.get(("medmcqa", "train")) or records["medmcqa", "validation"],
-        # gsm8k/train is always written: it is also lm-eval's gsm8k few-shot split.
-        ("gsm8k", "train"): records["gsm8k", "train"],
-        ("gsm8k", "test"): records["gsm8k", "test"],
-        **{("mmlu", split): records["mmlu", split] for split in ("dev", "validation", "test")},
+        (medqa, "test"): records[medqa, "test"],
+        (medqa, "train"): records.get((medqa, "train")) or records[medqa, "dev"],
+        (medmcqa, "train"): records.get((medmcqa, "train")) or records[medmcqa, "validation"],
+        # GSM8K's train split is always written: it is also lm-eval's GSM8K few-shot split.
+        (gsm8k, "train"): records[gsm8k, "train"],
+        (gsm8k, "test"): records[gsm8k, "test"],
+        **{(mmlu, split): records[mmlu, split] for split in ("dev", "validation", "test")},
         **_split_pubmedqa(sources, options),
     }
-    training = [*MEDICAL_TRAIN, ("pubmedqa", "validation"), ("gsm8k", "train")]
-    if options.general_task == "mmlu":
-        splits["mmlu", "train"] = records["mmlu", "dev"] + records["mmlu", "validation"]
-        training.append(("mmlu", "train"))
+    training = [*MEDICAL_TRAIN, (PUBMEDQA.name, "validation"), (gsm8k, "train")]
+    if options.general_task == mmlu:
+        splits[mmlu, "train"] = records[mmlu, "dev"] + records[mmlu, "validation"]
+        training.append((mmlu, "train"))
     return splits, training
 
 
@@ -116,23 +124,6 @@ def _write_jsonl(path: Path, records: list[Record]) -> dict[str, Any]:
     return {"records": len(records), "sha256": digest.hexdigest(), "bytes": size}
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished tmp directory to OUT; an earlier OUT is removed only once the new one is in."""
-    check_out(out)
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()  # only the unique name is wanted
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)  # put the earlier good output back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare(
     sources: Sources, out: Path, options: Options, progress: Callable[[Iterable], Iterator] = iter
 ) -> dict[str, Any]:
@@ -150,9 +141,7 @@ def prepare(
         dropped[split[0]] = dropped.get(split[0], 0) + per_split[_name(split)]["dropped"]
 
     check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic.replace_directory(out) as tmp:  # an earlier OUT is removed only once the new one is in
         files = {}
         for split in progress(sorted(splits)):
             files[f"{_name(split)}.jsonl"] = _write_jsonl(tmp / f"{_name(split)}.jsonl", splits[split])
@@ -182,9 +171,5 @@ def prepare(
         }
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         (tmp / "manifest.json").write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the output should read like any directory
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        check_out(out)  # still replaceable: nothing else took OUT while the files were written
     return manifest

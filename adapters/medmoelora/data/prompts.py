@@ -1,9 +1,10 @@
 """Prompt formatting for every task of the suite: the one place it lives.
 
-The suite's lm-eval tasks (``benchmark/tasks``) call these functions through ``!function utils.*``,
-and training formats its examples with `TaskPrompt.format`, so a model is trained on exactly the
-prompts it is evaluated on. Each task reproduces lm-eval 0.4.13's built-in task character for
-character (``tests/eval`` renders the same records through both and compares):
+Each task of the registry (`medmoelora.tasks`) holds its `TaskPrompt`, built from these functions.
+The suite's lm-eval tasks (``benchmark/tasks``) call them through ``!function utils.*``, and training
+formats its examples with `TaskPrompt.format`, so a model is trained on exactly the prompts it is
+evaluated on. Each task reproduces lm-eval 0.4.13's built-in task character for character
+(``tests/eval`` renders the same records through both and compares):
 
     medqa     medqa_4options    lm_eval/tasks/medqa/preprocess_medqa.py
     pubmedqa  pubmedqa          lm_eval/tasks/pubmedqa/preprocess_pubmedqa.py
@@ -20,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from medmoelora.errors import unknown_name
 
 Doc = Mapping[str, Any]
 
@@ -137,27 +136,3 @@ class TaskPrompt:
         )
         prompt = f"{self.description(doc)}{shot_text}{self.doc_to_text(doc)}"
         return prompt, f"{self.target_delimiter}{self.answer(doc)}"
-
-
-PROMPTS: dict[str, TaskPrompt] = {
-    "medqa": TaskPrompt("medqa", medqa_doc_to_text, medqa_doc_to_target, LETTERS),
-    "medmcqa": TaskPrompt("medmcqa", medmcqa_doc_to_text, medmcqa_doc_to_target, LETTERS),
-    "pubmedqa": TaskPrompt("pubmedqa", pubmedqa_doc_to_text, pubmedqa_doc_to_target, PUBMEDQA_CHOICES),
-    "gsm8k": TaskPrompt("gsm8k", gsm8k_doc_to_text, gsm8k_doc_to_target),
-    "mmlu": TaskPrompt(
-        "mmlu",
-        mmlu_doc_to_text,
-        mmlu_doc_to_target,
-        LETTERS,
-        description=lambda doc: mmlu_description(doc["subject"]),
-    ),
-}
-"""Prompt of every task id; training records carry the id in their ``task_id`` field."""
-
-
-def get_prompt(task_id: str) -> TaskPrompt:
-    """The prompt of a task id; an unknown id lists the valid ones."""
-    try:
-        return PROMPTS[task_id]
-    except KeyError:
-        raise unknown_name("task id", task_id, PROMPTS) from None

