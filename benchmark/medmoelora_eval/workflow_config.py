@@ -127,10 +127,12 @@ def _located(error: ConfigError, name: str, run: Mapping[str, Any], own: dict, s
 
 
 def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) -> None:
-    if "mmlu" in tasks and general_task != "mmlu":
+    from medmoelora.tasks import MMLU  # trains only from the split prepare-data writes for --general-task
+
+    if MMLU.name in tasks and general_task != MMLU.name:
         raise UserError(
-            f"config runs.{name}: training.tasks includes 'mmlu', but prepare-data writes mmlu/train only with "
-            f"data.general_task: mmlu (here {general_task}); change one of them"
+            f"config runs.{name}: training.tasks includes {MMLU.name!r}, but prepare-data writes {MMLU.name}/train "
+            f"only with data.general_task: {MMLU.name} (here {general_task}); change one of them"
         )
 
 

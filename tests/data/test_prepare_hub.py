@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from medmoelora import base_models
 from medmoelora.commands import prepare_data
 
 datasets = pytest.importorskip("datasets")
@@ -55,6 +57,8 @@ def test_from_hub_builds_the_same_schema(tmp_path: Path, monkeypatch: pytest.Mon
         return datasets.Dataset.from_list(tables[name, config, split])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # The Hub is faked, so the offline guard (tests run with HF_HUB_OFFLINE=1) must not stop the command.
+    monkeypatch.setattr(base_models, "hub_offline", lambda: False)
     parser = argparse.ArgumentParser()
     prepare_data.register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "processed"

@@ -40,9 +40,9 @@ LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 
 def training_tasks() -> list[str]:
     """Task ids with a training prompt (``<data>/<task>/train.jsonl`` as prepare-data writes it)."""
-    from medmoelora.data.prompts import PROMPTS
+    from medmoelora.tasks import DATA_TASKS
 
-    return list(PROMPTS)
+    return list(DATA_TASKS)
 
 
 # The loss predicts each answer token from the tokens before it: a 1-token sequence has no answer token
