@@ -11,7 +11,9 @@ and a bad adapter or training value would only fail inside a training job ("job 
   dataclasses (`AdapterConfig`, `TrainConfig`), the one definition of those fields, so that the
   workflow accepts exactly what ``medmoelora train`` accepts;
 - the model spec's form (``medmoelora materialize-model``), without loading anything;
-- the training tasks against the prepared data: ``mmlu/train`` exists only with ``data.general_task: mmlu``.
+- the task names against the task registry (`medmoelora.tasks`): ``eval.limits`` names every task one
+  lm_eval call runs, ``data.general_task`` is a general task or none, and a training task outside the
+  default mixture (MMLU) is prepared only when ``data.general_task`` names it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from typing import Any
 import yaml
 
 from medmoelora.errors import ConfigError, UserError
+from medmoelora.tasks import GENERAL_TRAINING_CHOICES, TRAINING_TASKS, check_limits
 
 MAX_MESSAGE = 240  # characters of jsonschema's message: it repeats the offending value, which may be large
 
 
 def check_config(config: Mapping[str, Any]) -> None:
-    """After the schema: a one-line `UserError` for the first problem of the runs or the model spec."""
+    """After the schema: a one-line `UserError` for the first problem of the task names, the runs or the
+    model spec."""
+    check_task_names(config)
     check_runs(config)
     check_model_spec(config["model"]["spec"])
 
@@ -76,6 +81,19 @@ def unknown_key(parent: str, key: str, known: Iterable[str]) -> str:
 
 def _path(parts: Iterable[Any]) -> str:
     return ".".join(str(part) for part in parts)
+
+
+# ---- task names: the registry's ------------------------------------------------------------------------------
+def check_task_names(config: Mapping[str, Any]) -> None:
+    check_limits(config["eval"]["limits"], where="config key `eval.limits`")
+    general_task = config["data"]["general_task"]
+    if general_task not in GENERAL_TRAINING_CHOICES:
+        close = difflib.get_close_matches(str(general_task), GENERAL_TRAINING_CHOICES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(
+            f"config key `data.general_task` = {general_task!r} is not one of {', '.join(GENERAL_TRAINING_CHOICES)}"
+            f"{hint}"
+        )
 
 
 # ---- adapter and training sections: the dataclasses' own validation ------------------------------------------
@@ -127,13 +145,13 @@ def _located(error: ConfigError, name: str, run: Mapping[str, Any], own: dict, s
 
 
 def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) -> None:
-    from medmoelora.tasks import MMLU  # trains only from the split prepare-data writes for --general-task
-
-    if MMLU.name in tasks and general_task != MMLU.name:
-        raise UserError(
-            f"config runs.{name}: training.tasks includes {MMLU.name!r}, but prepare-data writes {MMLU.name}/train "
-            f"only with data.general_task: {MMLU.name} (here {general_task}); change one of them"
-        )
+    """prepare-data writes the default mixture's train splits, and the general task's when it is another."""
+    for task in tasks:
+        if task not in TRAINING_TASKS and task != general_task:
+            raise UserError(
+                f"config runs.{name}: training.tasks includes {task!r}, but prepare-data writes {task}/train only "
+                f"with data.general_task: {task} (here {general_task}); change one of them"
+            )
 
 
 # ---- the base model --------------------------------------------------------------------------------------------

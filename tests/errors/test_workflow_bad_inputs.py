@@ -69,6 +69,16 @@ CASES = [
     Case("eval batch size", "eval: {batch_size: 0}", r"`eval.batch_size`: 0 is less than the minimum of 1"),
     Case("eval limit", "eval: {limits: {medqa: -3}}", r"`eval.limits.medqa`: -3 is less than the minimum"),
     Case(
+        "eval limit task",
+        "eval: {limits: {pubmedq: 3}}",
+        r"unknown task in config key `eval.limits` 'pubmedq'; valid: .*Did you mean 'pubmedqa'\?",
+    ),
+    Case(
+        "general training task",
+        "data: {general_task: gsm9k}",
+        r"`data.general_task` = 'gsm9k' is not one of gsm8k, mmlu, none; did you mean 'gsm8k'\?",
+    ),
+    Case(
         "compute threads",
         "compute: {train: {threads: many}}",
         r"`compute.train.threads`: 'many' is not of type 'integer'",

@@ -84,18 +84,6 @@ def test_perf_target_runs_both_benchmarks_and_the_report(workdir: Path, raw_dir:
     assert "--figure results/figures/perf.png" in result.stdout
 
 
-def test_eval_limits_are_checked_against_the_task_registry(workdir: Path, raw_dir: Path, tmp_path: Path) -> None:
-    config = (workdir / "config" / "tiny.yaml").read_text(encoding="utf-8")
-    assert "    pubmedqa: 4\n" in config
-    misspelled = tmp_path / "misspelled.yaml"
-    misspelled.write_text(config.replace("    pubmedqa: 4\n", "    pubmedq: 4\n"), encoding="utf-8")
-    result = snakemake(workdir, "-n", "results/table1.csv", "--configfile", str(misspelled), raw_data=raw_dir)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr + result.stdout
-    assert "config eval.limits 'pubmedq'" in lines[0] and "Did you mean 'pubmedqa'?" in lines[0], lines[0]
-
-
 def test_snakefmt_check_is_clean() -> None:
     """The Snakefile and rules are formatted by snakefmt (settings: pyproject.toml), as the Snakemake
     workflow catalog requires beside --lint."""

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from medmoelora.errors import UserError
+from medmoelora.tasks import EVAL_TASKS, RUN_TASKS
 from medmoelora_eval.workflow_config import check_config, schema_problem
-from medmoelora.tasks import EVAL_TASKS, GENERAL_TRAINING_CHOICES, RUN_TASKS, check_limits
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -45,17 +45,7 @@ FIGURES = [f"results/figures/{name}.png" for name in ("routing_heatmap", "forget
 
 
 def _check_config() -> None:
-    """What the JSON Schema cannot express: task names come from the task registry, table entries must
-    name defined runs."""
-    try:
-        check_limits(config["eval"]["limits"], where="config eval.limits")
-    except UserError as error:
-        sys.exit(f"error: {error}")
-    if config["data"]["general_task"] not in GENERAL_TRAINING_CHOICES:
-        sys.exit(
-            f"error: config data.general_task {config['data']['general_task']!r} must be one of "
-            f"{', '.join(GENERAL_TRAINING_CHOICES)}"
-        )
+    """What the JSON Schema cannot express: table entries must name defined runs."""
     if BASE_RUN in RUNS:
         sys.exit(f"error: config runs: {BASE_RUN!r} is reserved for the untouched base model; rename that run")
     named = {
