@@ -11,7 +11,8 @@ and a bad adapter or training value would only fail inside a training job ("job 
   dataclasses (`AdapterConfig`, `TrainConfig`), the one definition of those fields, so that the
   workflow accepts exactly what ``medmoelora train`` accepts;
 - the model spec's form (``medmoelora materialize-model``), without loading anything;
-- the training tasks against the prepared data: ``mmlu/train`` exists only with ``data.general_task: mmlu``.
+- the training tasks against the prepared data: the general-domain instructions' train split exists only
+  when ``data.general_task`` names them.
 """
 
 from __future__ import annotations
@@ -127,12 +128,13 @@ def _located(error: ConfigError, name: str, run: Mapping[str, Any], own: dict, s
 
 
 def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) -> None:
-    from medmoelora.tasks import MMLU  # trains only from the split prepare-data writes for --general-task
+    from medmoelora.tasks import GENERAL_INSTRUCT  # its train split exists only for --general-task
 
-    if MMLU.name in tasks and general_task != MMLU.name:
+    if GENERAL_INSTRUCT.name in tasks and general_task != GENERAL_INSTRUCT.name:
         raise UserError(
-            f"config runs.{name}: training.tasks includes {MMLU.name!r}, but prepare-data writes {MMLU.name}/train "
-            f"only with data.general_task: {MMLU.name} (here {general_task}); change one of them"
+            f"config runs.{name}: training.tasks includes {GENERAL_INSTRUCT.name!r}, but prepare-data writes "
+            f"{GENERAL_INSTRUCT.name}/train only with data.general_task: {GENERAL_INSTRUCT.name} (here "
+            f"{general_task}); change one of them"
         )
 
 
