@@ -4,6 +4,9 @@
 - active: what one token uses. Soft routing without top-k uses every expert; with top-k, the k
   largest experts of each module (an upper bound over tokens when ranks differ) plus the router;
   task routing uses the largest single expert; LoRA its one expert.
+
+`match_rank` sizes a baseline to another method's trainable count (the matched baselines of the tables):
+with one rank r for every expert the count is affine in r, so two counts give the exact line.
 """
 
 from __future__ import annotations
@@ -80,6 +83,31 @@ def count_parameters(config: AdapterConfig, model_config: PretrainedConfig) -> P
         base=base,
         experts_per_layer=config.experts_per_layer(adapted.num_layers),
     )
+
+
+@dataclass(frozen=True)
+class RankMatch:
+    rank: int  # the one rank of every expert
+    trainable: int  # the baseline's trainable count at that rank
+    target: int  # the count it was matched to
+
+    @property
+    def ratio(self) -> float:
+        return self.trainable / self.target
+
+
+def match_rank(config: AdapterConfig, target: int, model_config: PretrainedConfig) -> RankMatch:
+    """The rank r (``ranks=[r]``: every expert the same) whose trainable count is nearest ``target``.
+
+    trainable(r) = r * per_rank + fixed, where per_rank sums ``N * (d_in + d_out)`` over the adapted
+    modules and fixed holds what does not depend on the rank (routers, learnable temperatures); the
+    counts at r = 1 and r = 2 give both terms exactly.
+    """
+    at_one = count_parameters(config.replace(ranks=(1,), alphas=None), model_config).trainable
+    per_rank = count_parameters(config.replace(ranks=(2,), alphas=None), model_config).trainable - at_one
+    fixed = at_one - per_rank
+    rank = max(1, round((target - fixed) / per_rank))  # the line is exact, so the nearest integer is best
+    return RankMatch(rank=rank, trainable=fixed + rank * per_rank, target=target)
 
 
 def architecture(name: str) -> LlamaConfig:

@@ -4,7 +4,7 @@ Two kinds of task:
 
 - a `DataTask` is a prepared dataset, ``<data>/<name>/<split>.jsonl``, whose records carry the task's
   name as ``task_id`` and its domain; it owns its prompt (`medmoelora.data.prompts`, shared by
-  training and the lm-eval tasks) and names the record field the contamination check compares;
+  training and the lm-eval tasks) and names the record fields the contamination check compares;
 - an `EvalTask` is one score of the tables: the lm-eval task or group that produces it (a YAML under
   ``benchmark/tasks``), the metric key in lm-eval's results, its domain (medical scores make the
   medical average; general ones measure forgetting), its MMLU subjects if it is a subject group, and
@@ -40,11 +40,26 @@ class DataTask:
     prompt: TaskPrompt  # record -> (prompt, completion), for training and lm-eval alike
     question_field: str  # the field holding the question text: the contamination check compares it
     default_training: bool  # in the default training mixture (and a Multi-LoRA expert of the preset)
+    # An instruction's input: compared with the question (joined by a newline) and on its own, so that an
+    # evaluation question pasted as the input of an instruction is caught.
+    context_field: str | None = None
+    trainable: bool = True  # prepare-data writes a train split that `medmoelora train` may read
 
 
-def _data_task(name: str, domain: Domain, *, question_field: str, default_training: bool, **prompt: Any) -> DataTask:
+def _data_task(
+    name: str,
+    domain: Domain,
+    *,
+    question_field: str,
+    default_training: bool,
+    context_field: str | None = None,
+    trainable: bool = True,
+    **prompt: Any,
+) -> DataTask:
     """A data task whose `TaskPrompt` is built from ``prompt`` (doc_to_text, doc_to_target, choices, ...)."""
-    return DataTask(name, domain, TaskPrompt(name, **prompt), question_field, default_training)
+    return DataTask(
+        name, domain, TaskPrompt(name, **prompt), question_field, default_training, context_field, trainable
+    )
 
 
 MEDQA = _data_task(
@@ -74,25 +89,56 @@ PUBMEDQA = _data_task(
     doc_to_target=prompts.pubmedqa_doc_to_target,
     choices=prompts.PUBMEDQA_CHOICES,
 )
-GSM8K = _data_task(  # generation: no choices
+# The general-domain training set for knowledge preservation: instructions with reference responses
+# (AlpacaEval's 805 offline, Alpaca's 52k from the Hub) in the Alpaca template, from a source that no
+# forgetting probe uses (GSM8K and MMLU are probes: training on them would measure in-domain
+# fine-tuning, not preservation). Multi-LoRA's general expert is trained on it.
+GENERAL_INSTRUCT = _data_task(
+    "general_instruct",
+    "general",
+    question_field="instruction",
+    context_field="input",
+    default_training=True,
+    doc_to_text=prompts.instruction_doc_to_text,
+    doc_to_target=prompts.instruction_doc_to_target,
+    # stanford_alpaca's train.py appends the response to "### Response:" directly; a newline between
+    # them keeps the response's first token the start of a line. The loss falls on the response only.
+    target_delimiter="\n",
+)
+GSM8K = _data_task(  # generation: no choices; a forgetting probe, trained on only if asked for
     "gsm8k",
     "general",
     question_field="question",
-    default_training=True,
+    default_training=False,
     doc_to_text=prompts.gsm8k_doc_to_text,
     doc_to_target=prompts.gsm8k_doc_to_target,
 )
-MMLU = _data_task(  # trains only when prepare-data --general-task selects it (dev + validation)
+MMLU = _data_task(  # evaluation only: its dev split holds the few-shot examples
     "mmlu",
     "general",
     question_field="question",
     default_training=False,
+    trainable=False,
     doc_to_text=prompts.mmlu_doc_to_text,
     doc_to_target=prompts.mmlu_doc_to_target,
     choices=prompts.LETTERS,
     description=lambda doc: prompts.mmlu_description(doc["subject"]),
 )
-DATA_TASKS: dict[str, DataTask] = {task.name: task for task in (MEDQA, MEDMCQA, PUBMEDQA, GSM8K, MMLU)}
+# The general language-modelling probe: Alpaca's 175 human-written seed tasks, each a document of plain
+# text scored by its rolling loglikelihood (no prompt: `doc_to_text` is empty).
+GENERAL_LM = _data_task(
+    "general_lm",
+    "general",
+    question_field="instruction",
+    context_field="input",
+    default_training=False,
+    trainable=False,
+    doc_to_text=lambda doc: "",
+    doc_to_target=prompts.instruction_plain_text,
+)
+DATA_TASKS: dict[str, DataTask] = {
+    task.name: task for task in (MEDQA, MEDMCQA, PUBMEDQA, GENERAL_INSTRUCT, GSM8K, MMLU, GENERAL_LM)
+}
 TRAINING_TASKS = tuple(name for name, task in DATA_TASKS.items() if task.default_training)
 """The default training mixture, and the experts (in this order) of the Multi-LoRA preset."""
 
@@ -152,14 +198,47 @@ class EvalTask:
     part_of: str | None = None
     percent: bool = True  # the metric is a fraction, shown in percent; False: shown as it is (bits per byte)
     higher_is_better: bool = True  # False for a loss such as bits per byte: forgetting then raises the score
+    # More keys of lm-eval's results entry kept in <task>.json's `metrics` beside `metric`: the continuous
+    # metrics of a multiple-choice task (medmoelora_eval.choice_metrics), the probe's perplexities.
+    extra_metrics: tuple[str, ...] = ()
+    in_tables: bool = True  # a column of the tables (MMLU's all 57 subjects mix the medical ones in: not)
 
 
-EVAL_MEDQA = EvalTask("medqa", "MedQA", "medmoe_medqa", "acc,none", "medical", MEDQA, MEDQA)
-EVAL_PUBMEDQA = EvalTask("pubmedqa", "PubMedQA", "medmoe_pubmedqa", "acc,none", "medical", PUBMEDQA, PUBMEDQA)
-# strict-match: lm-eval's headline filter for GSM8K (the "#### <number>" line).
-EVAL_GSM8K = EvalTask("gsm8k", "GSM8K", "medmoe_gsm8k", "exact_match,strict-match", "general", GSM8K, GSM8K)
-# MMLU's every subject; Multi-LoRA answers it with the general expert.
-EVAL_MMLU = EvalTask("mmlu", "MMLU", "medmoe_mmlu", "acc,none", "general", MMLU, GSM8K, subjects=MMLU_SUBJECTS)
+# Beside accuracy, from the same requests: the gold answer's log-probability over the choices and the
+# Brier score (benchmark/medmoelora_eval/choice_metrics.py, through the task YAMLs' process_results).
+CHOICE_METRICS = ("gold_logprob,none", "brier,none")
+
+
+EVAL_MEDQA = EvalTask(
+    "medqa", "MedQA", "medmoe_medqa", "acc,none", "medical", MEDQA, MEDQA, extra_metrics=CHOICE_METRICS
+)
+EVAL_PUBMEDQA = EvalTask(
+    "pubmedqa", "PubMedQA", "medmoe_pubmedqa", "acc,none", "medical", PUBMEDQA, PUBMEDQA, extra_metrics=CHOICE_METRICS
+)
+# strict-match: lm-eval's headline filter for GSM8K (the "#### <number>" line). The general probes are
+# answered by Multi-LoRA's general expert.
+EVAL_GSM8K = EvalTask(
+    "gsm8k",
+    "GSM8K",
+    "medmoe_gsm8k",
+    "exact_match,strict-match",
+    "general",
+    GSM8K,
+    GENERAL_INSTRUCT,
+    extra_metrics=("exact_match,flexible-extract",),
+)
+EVAL_MMLU = EvalTask(
+    "mmlu",
+    "MMLU",
+    "medmoe_mmlu",
+    "acc,none",
+    "general",
+    MMLU,
+    GENERAL_INSTRUCT,
+    subjects=MMLU_SUBJECTS,
+    extra_metrics=CHOICE_METRICS,
+    in_tables=False,
+)
 EVAL_MMLU_MEDICAL = EvalTask(
     "mmlu_medical",
     "MMLU-medical",
@@ -170,9 +249,45 @@ EVAL_MMLU_MEDICAL = EvalTask(
     MEDQA,
     subjects=MMLU_MEDICAL_SUBJECTS,
     part_of=EVAL_MMLU.name,
+    extra_metrics=CHOICE_METRICS,
+)
+# MMLU's forgetting probe: the subjects outside medicine (all of MMLU would mix the medical ones in).
+EVAL_MMLU_GENERAL = EvalTask(
+    "mmlu_general",
+    "MMLU-general",
+    "medmoe_mmlu_general",
+    "acc,none",
+    "general",
+    MMLU,
+    GENERAL_INSTRUCT,
+    subjects=tuple(subject for subject in MMLU_SUBJECTS if subject not in MMLU_MEDICAL_SUBJECTS),
+    part_of=EVAL_MMLU.name,
+    extra_metrics=CHOICE_METRICS,
+)
+# The general LM probe in bits per byte (lower is better): forgetting shows even where GSM8K accuracy is 0.
+EVAL_GENERAL_LM = EvalTask(
+    "general_lm",
+    "General LM bits/byte",
+    "medmoe_general_lm",
+    "bits_per_byte,none",
+    "general",
+    GENERAL_LM,
+    GENERAL_INSTRUCT,
+    percent=False,
+    higher_is_better=False,
+    extra_metrics=("byte_perplexity,none", "word_perplexity,none"),
 )
 EVAL_TASKS: dict[str, EvalTask] = {
-    task.name: task for task in (EVAL_MEDQA, EVAL_PUBMEDQA, EVAL_GSM8K, EVAL_MMLU, EVAL_MMLU_MEDICAL)
+    task.name: task
+    for task in (
+        EVAL_MEDQA,
+        EVAL_PUBMEDQA,
+        EVAL_GSM8K,
+        EVAL_MMLU,
+        EVAL_MMLU_MEDICAL,
+        EVAL_MMLU_GENERAL,
+        EVAL_GENERAL_LM,
+    )
 }
 """Every score, in the order of the tables' columns."""
 
@@ -182,9 +297,9 @@ RUN_TASKS = tuple(task for task in EVAL_TASKS.values() if task.part_of is None)
 DEFAULT_EVAL_TASK_MAP = {task.lm_eval_task: task.routing_task.name for task in EVAL_TASKS.values()}
 """lm-eval task -> training task, the Multi-LoRA preset's ``eval_task_map``."""
 
-GENERAL_TRAINING_CHOICES = (*(name for name, task in DATA_TASKS.items() if task.domain == "general"), "none")
+GENERAL_TRAINING_CHOICES = (GENERAL_INSTRUCT.name, "none")
 """prepare-data's ``--general-task``: the general-domain training set for knowledge preservation."""
-DEFAULT_GENERAL_TRAINING = GSM8K.name
+DEFAULT_GENERAL_TRAINING = GENERAL_INSTRUCT.name
 
 
 def groups_over(lm_eval_task: str) -> list[str]:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_TASKS
 
 LAYER = re.compile(r"layers\.(\d+)\.")
 TEMPERATURE_KEY = ".router.log_temperature"
@@ -50,17 +51,25 @@ def routing_heatmap(stats: dict) -> plt.Figure:
 
 
 def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
-    """Every general score's change against the base model (percentage points), one bar group per run."""
-    columns = [column for column in table.columns if column.endswith(" change")]
+    """Every general score's change against the base model, one bar group per run: accuracies in
+    percentage points, and each score of another unit (the general LM probe's bits per byte: a rise is
+    forgetting) in a panel of its own."""
+    general = [task for task in EVAL_TASKS.values() if task.domain == "general" and task.in_tables]
+    panels = [([f"{task.label} change" for task in general if task.percent], "change vs base (points)")]
+    panels += [([f"{task.label} change"], f"change vs base ({task.label})") for task in general if not task.percent]
+    panels = [(columns, ylabel) for columns, ylabel in panels if columns and set(columns) <= set(table.columns)]
     positions = np.arange(len(table))
-    width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for index, column in enumerate(columns):
-        ax.bar(positions + (index - (len(columns) - 1) / 2) * width, table[column], width=width, label=column)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set(xticks=positions, ylabel="change vs base (points)", title="Forgetting of general skills")
-    ax.set_xticklabels(table["run"])
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (columns, ylabel) in zip(axes[0], panels, strict=True):
+        width = 0.8 / len(columns)
+        for index, column in enumerate(columns):
+            ax.bar(positions + (index - (len(columns) - 1) / 2) * width, table[column], width=width, label=column)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(ylabel=ylabel)
+        ax.set_xticks(positions, table["run"], rotation=30, ha="right")
+        ax.legend()
+    fig.suptitle("Forgetting of general skills")
+    fig.tight_layout()
     return fig
 
 

@@ -20,10 +20,14 @@ from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 
 TITLES = {
-    "table1": "Table 1: main results (percent; change in points against the base model)",
+    "table1": (
+        "Table 1: main results (accuracy in percent, its change in points against the base model; gold "
+        "log-prob in nats and Brier score averaged over the medical tasks; general LM in bits per byte, lower "
+        "is better)"
+    ),
     "table2": "Table 2: expert allocation across layers",
     "table3": "Table 3: router temperature tau",
-    "table4": "Table 4: forgetting of general skills",
+    "table4": "Table 4: forgetting of general skills, on data no method trains on",
     "table5": "Table 5: parameters and training cost (timings depend on the machine)",
 }
 

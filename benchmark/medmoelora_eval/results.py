@@ -12,7 +12,9 @@ writes, for every task, ``<out>/<task>.json`` (score, lm-eval's standard error `
 count ``n``, lm-eval's raw entries) and ``<out>/<task>.samples.jsonl``, plus the full results file as
 ``<out>/lm_eval_results.json``. A task that is ``part_of`` another in the registry (a subset of MMLU's
 subjects) is computed from that task's subject results (lm_eval refuses two groups sharing subtasks in
-one call), weighted by size as its group YAML does.
+one call), weighted by size as its group YAML does. ``<task>.json`` also has ``metrics``: the task's
+metric and its ``extra_metrics`` by name (``acc``, ``gold_logprob``, ``brier``; ``bits_per_byte`` and the
+perplexities for the general LM probe).
 
 ``<task>.samples.jsonl`` holds one line per evaluated document, sorted by lm-eval task and doc id, so
 that two runs can be compared on the same documents::
@@ -21,12 +23,16 @@ that two runs can be compared on the same documents::
      "gold": 2, "loglikelihoods": [-9.1, -8.7, -8.2, -9.0]}      # multiple choice
     {"task": "<GSM8K's lm-eval task>", "doc_id": 3, "correct": 0,
      "answer": null, "target": "18"}                              # generation
+    {"task": "<the LM probe's lm-eval task>", "doc_id": 7, "correct": null,
+     "loglikelihood": -812.4, "bytes": 431}                       # rolling loglikelihood
 
 ``correct`` is lm-eval's own per-document value of the task's metric (``acc``; ``exact_match`` under the
 ``strict-match`` filter for GSM8K), so its mean is the task's score. ``gold`` indexes the choices;
 ``answer`` is the strict-match extraction (null where it found no answer) and ``target`` the gold
-answer after ``#### ``. ``stderr`` is null where lm-eval reports N/A (a task or subject of one
-document; a group with such a subject).
+answer after ``#### ``. A rolling-loglikelihood document has no ``correct`` (null); it has its
+``loglikelihood`` and its UTF-8 ``bytes`` (lm-eval's, from which bits per byte is computed). ``stderr``
+is null where lm-eval reports N/A (a task or subject of one document; a group with such a subject; bits
+per byte, which has no closed-form standard error).
 """
 
 from __future__ import annotations
@@ -92,16 +98,20 @@ def leaf_tasks(results: dict[str, Any], task: str) -> list[str]:
 
 
 def score(results: dict[str, Any], task: str) -> dict[str, Any]:
-    """One task's entry for ``<task>.json``: score (fraction), lm-eval's standard error, documents, and
-    lm-eval's raw entries."""
+    """One task's entry for ``<task>.json``: score (the metric; a fraction or as lm-eval reports it),
+    lm-eval's standard error, every metric of the task by name, documents, and lm-eval's raw entries."""
     spec = EVAL_TASKS[task]
     name, metric = spec.lm_eval_task, spec.metric
     metric_name, _, filter_key = metric.partition(",")
     stderr_key = f"{metric_name}_stderr,{filter_key}"
+    keys = (metric, *spec.extra_metrics)
     if spec.part_of is not None:
         subtasks = {leaf: results["results"][leaf] for leaf in leaf_tasks(results, task)}
         sizes = [entry["sample_len"] for entry in subtasks.values()]
-        value = sum(entry[metric] * size for entry, size in zip(subtasks.values(), sizes, strict=True)) / sum(sizes)
+        metrics = {
+            key: sum(entry[key] * size for entry, size in zip(subtasks.values(), sizes, strict=True)) / sum(sizes)
+            for key in keys
+        }
         stderrs = [entry[stderr_key] for entry in subtasks.values()]
         # As lm-eval aggregates a size-weighted group: pooled, N/A when a subject's stderr is N/A.
         stderr = "N/A" if "N/A" in stderrs else float(pooled_sample_stderr(stderrs, sizes))
@@ -110,18 +120,20 @@ def score(results: dict[str, Any], task: str) -> dict[str, Any]:
     elif spec.subjects:
         group = results["groups"][name]
         subtasks = {sub: results["results"][sub] for sub in leaf_tasks(results, task)}
-        value, sizes, stderr = group[metric], [group["sample_len"]], group[stderr_key]
+        metrics, sizes, stderr = {key: group[key] for key in keys}, [group["sample_len"]], group[stderr_key]
         entry = {"group": group, "subtasks": subtasks}
     else:
-        value, sizes = results["results"][name][metric], [results["results"][name]["sample_len"]]
+        metrics = {key: results["results"][name][key] for key in keys}
+        sizes = [results["results"][name]["sample_len"]]
         stderr = results["results"][name][stderr_key]
         entry = {"results": results["results"][name], "n-samples": results["n-samples"][name]}
     return {
         "task": task,
         "lm_eval_task": name,
         "metric": metric,
-        "score": value,
+        "score": metrics[metric],
         "stderr": None if stderr == "N/A" else stderr,
+        "metrics": {key.removesuffix(",none"): value for key, value in metrics.items()},
         "documents": sum(sizes),
         "n": sum(sizes),
         **entry,
@@ -144,6 +156,11 @@ def find_samples_files(raw_dir: Path) -> dict[str, Path]:
 def compact_sample(record: dict[str, Any], task: str, metric: str, config: dict[str, Any]) -> dict[str, Any]:
     """One lm-eval --log_samples record as one line of ``<task>.samples.jsonl`` (see module doc)."""
     metric_name = metric.partition(",")[0]
+    if config["output_type"] == "loglikelihood_rolling":
+        # lm-eval logs each metric's (loglikelihood, count) pair: bits_per_byte's count is the bytes
+        loglikelihood, size = record["bits_per_byte"]
+        return {"task": task, "doc_id": int(record["doc_id"]), "correct": None,
+                "loglikelihood": float(loglikelihood), "bytes": int(size)}  # fmt: skip
     correct = record[metric_name]
     if correct not in (0, 1):
         raise UserError(f"{task} doc {record['doc_id']}: {metric_name} = {correct!r} is not 0 or 1")
@@ -207,6 +224,14 @@ def split(raw_dir: Path, run: str, out: Path) -> None:
     outputs[FULL_RESULTS] = text
     for name, content in outputs.items():
         atomic.write_text(out / name, content)
+
+
+def load_metric(eval_dir: Path, run: str, task: str, metric: str) -> float:
+    """A run's value of one metric on a task, as lm-eval computed it (``gold_logprob``, ``bits_per_byte``)."""
+    path = eval_dir / run / f"{task}.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: evaluate run {run!r} first (`python -m medmoelora_eval.results split`)")
+    return json.loads(path.read_text(encoding="utf-8"))["metrics"][metric]
 
 
 def load_score(eval_dir: Path, run: str, task: str) -> float:

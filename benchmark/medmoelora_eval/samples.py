@@ -40,7 +40,7 @@ import pandas as pd
 from scipy.special import log_softmax
 
 from medmoelora.errors import UserError
-from medmoelora.tasks import EVAL_MMLU, EVAL_TASKS, MMLU_MEDICAL_SUBJECTS, mmlu_subject_task
+from medmoelora.tasks import EVAL_MMLU, EVAL_MMLU_GENERAL, EVAL_TASKS, MMLU_MEDICAL_SUBJECTS, mmlu_subject_task
 
 SUFFIX = ".samples.jsonl"
 SEED_DIRECTORY = re.compile(r"seed(\d+)")
@@ -193,14 +193,13 @@ METRICS: dict[str, Metric] = {
 }
 
 MEDICAL_AVERAGE = "medical_average"
-MMLU_GENERAL = "mmlu_general"
+MMLU_GENERAL = EVAL_MMLU_GENERAL.name  # results from before it was a task: the mmlu file less medicine
 SCOPES: dict[str, tuple[str, ...]] = {
     MEDICAL_AVERAGE: tuple(name for name, task in EVAL_TASKS.items() if task.domain == "medical")
 }
 SCOPE_LABELS = {
     MEDICAL_AVERAGE: "Medical avg",
     **{name: task.label for name, task in EVAL_TASKS.items()},
-    MMLU_GENERAL: "MMLU-general",
 }
 _MEDICAL_SUBTASKS = {mmlu_subject_task(subject) for subject in MMLU_MEDICAL_SUBJECTS}
 

@@ -3,10 +3,14 @@
     python -m medmoelora_eval.tables main --rows base=base lora=lora ... --base base --out results/table1.csv
 
 Tables: ``main`` (table1: scores, forgetting vs base, parameters), ``allocation`` (table2),
-``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5). The score columns are the task
-registry's evaluation tasks (`medmoelora.tasks`), in its order: the medical ones and their mean (the
-medical average: MedQA, PubMedQA and MMLU-medical), and the general ones with their change against the
-base model (forgetting). Scores are percent, changes percentage points.
+``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5); every row of a trained run carries
+its trainable parameter count. The score columns are the task registry's evaluation tasks
+(`medmoelora.tasks`, those ``in_tables``), in its order: the medical ones and their mean (the medical
+average: MedQA, PubMedQA and MMLU-medical), and the general ones (the forgetting probes, on data no
+method trains on) with their change against the base model. Accuracies are percent and their changes
+percentage points; the general LM probe is in bits per byte (lower is better), its change too. Beside
+accuracy, from the same requests: the medical tasks' mean gold log-probability over the choices (nats,
+higher is better) and Brier score (lower is better).
 """
 
 from __future__ import annotations
@@ -21,21 +25,37 @@ import pandas as pd
 
 from medmoelora import atomic
 from medmoelora.errors import command_main
-from medmoelora.tasks import EVAL_TASKS, Domain
-from medmoelora_eval.results import load_score
+from medmoelora.tasks import EVAL_MMLU_GENERAL, EVAL_TASKS, Domain
+from medmoelora_eval.results import load_metric, load_score
 
 MEDICAL_AVERAGE = "Medical avg"
+# Continuous metrics of the medical tasks (medmoelora_eval.choice_metrics), averaged like accuracy.
+CONTINUOUS_COLUMNS = {"gold_logprob": "Medical gold logprob", "brier": "Medical Brier"}
+TRAINABLE = "Trainable params"
 
 
 def score_columns(domain: Domain) -> dict[str, str]:
-    """Evaluation task -> column heading, for the registry's tasks of one domain, in its order."""
-    return {name: task.label for name, task in EVAL_TASKS.items() if task.domain == domain}
+    """Evaluation task -> column heading, for the registry's tabulated tasks of one domain, in its order."""
+    return {name: task.label for name, task in EVAL_TASKS.items() if task.domain == domain and task.in_tables}
 
 
 def _scores(eval_dir: Path, run: str) -> dict[str, float]:
     scores = {name: load_score(eval_dir, run, task) for task, name in score_columns("medical").items()}
     scores[MEDICAL_AVERAGE] = sum(scores.values()) / len(scores)
     return scores
+
+
+def _continuous(eval_dir: Path, run: str) -> dict[str, float]:
+    """The medical tasks' mean gold log-probability and Brier score."""
+    medical = score_columns("medical")
+    return {
+        column: sum(load_metric(eval_dir, run, task, metric) for task in medical) / len(medical)
+        for metric, column in CONTINUOUS_COLUMNS.items()
+    }
+
+
+def _trainable(train_dir: Path, run: str) -> int:
+    return _metrics(train_dir, run)["trainable_params"]
 
 
 def _metrics(train_dir: Path, run: str) -> dict:
@@ -59,8 +79,9 @@ def main_table(rows: dict[str, str], eval_dir: Path, train_dir: Path, base: str)
             {
                 "run": label,
                 **_scores(eval_dir, run),
+                **_continuous(eval_dir, run),
                 **_forgetting(eval_dir, run, base),
-                "Trainable params": metrics["trainable_params"],
+                TRAINABLE: metrics["trainable_params"],
                 "Active params": metrics["active_params"],
             }
         )
@@ -77,7 +98,7 @@ def allocation_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> p
                 "allocation": label,
                 "experts per layer": counts,
                 **_scores(eval_dir, run),
-                "Trainable params": _metrics(train_dir, run)["trainable_params"],
+                TRAINABLE: _trainable(train_dir, run),
             }
         )
     return pd.DataFrame.from_records(records)
@@ -91,15 +112,35 @@ def temperature_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> 
     records = []
     for label, run in rows.items():
         taus = read_temperatures(train_dir / run / "adapter_model.safetensors")
-        records.append({"tau": label, **_scores(eval_dir, run), "final tau (mean)": float(taus["tau"].mean())})
+        records.append(
+            {
+                "tau": label,
+                **_scores(eval_dir, run),
+                "final tau (mean)": float(taus["tau"].mean()),
+                TRAINABLE: _trainable(train_dir, run),
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 
-def forgetting_table(rows: dict[str, str], eval_dir: Path, base: str) -> pd.DataFrame:
-    """Table 4: general skills after medical adaptation, against the base model."""
-    return pd.DataFrame.from_records(
-        [{"run": label, **_forgetting(eval_dir, run, base)} for label, run in rows.items()]
-    )
+def forgetting_table(rows: dict[str, str], eval_dir: Path, train_dir: Path, base: str) -> pd.DataFrame:
+    """Table 4: general skills after medical adaptation, against the base model; MMLU-general's gold
+    log-probability beside its accuracy."""
+    logprob = f"{EVAL_MMLU_GENERAL.label} gold logprob"
+    base_logprob = load_metric(eval_dir, base, EVAL_MMLU_GENERAL.name, "gold_logprob")
+    records = []
+    for label, run in rows.items():
+        value = load_metric(eval_dir, run, EVAL_MMLU_GENERAL.name, "gold_logprob")
+        records.append(
+            {
+                "run": label,
+                **_forgetting(eval_dir, run, base),
+                logprob: value,
+                f"{logprob} change": value - base_logprob,
+                TRAINABLE: _trainable(train_dir, run),
+            }
+        )
+    return pd.DataFrame.from_records(records)
 
 
 def cost_table(rows: dict[str, str], train_dir: Path) -> pd.DataFrame:
@@ -110,7 +151,7 @@ def cost_table(rows: dict[str, str], train_dir: Path) -> pd.DataFrame:
         records.append(
             {
                 "run": label,
-                "Trainable params": metrics["trainable_params"],
+                TRAINABLE: metrics["trainable_params"],
                 "Active params": metrics["active_params"],
                 "Tokens/s": metrics["tokens_per_second"],
                 "Peak memory MB": metrics["peak_memory_mb"],
@@ -149,7 +190,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], pd.DataFrame]] = {
     "main": lambda a: main_table(_pairs(a.rows), a.eval_dir, a.train_dir, a.base),
     "allocation": lambda a: allocation_table(_pairs(a.rows), a.eval_dir, a.train_dir),
     "temperature": lambda a: temperature_table(_pairs(a.rows), a.eval_dir, a.train_dir),
-    "forgetting": lambda a: forgetting_table(_pairs(a.rows), a.eval_dir, a.base),
+    "forgetting": lambda a: forgetting_table(_pairs(a.rows), a.eval_dir, a.train_dir, a.base),
     "cost": lambda a: cost_table(_pairs(a.rows), a.train_dir),
 }
 

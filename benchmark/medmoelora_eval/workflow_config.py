@@ -12,8 +12,8 @@ and a bad adapter or training value would only fail inside a training job ("job 
   workflow accepts exactly what ``medmoelora train`` accepts;
 - the model spec's form (``medmoelora materialize-model``), without loading anything;
 - the task names against the task registry (`medmoelora.tasks`): ``eval.limits`` names every task one
-  lm_eval call runs, ``data.general_task`` is a general task or none, and a training task outside the
-  default mixture (MMLU) is prepared only when ``data.general_task`` names it.
+  lm_eval call runs, ``data.general_task`` is a general task or none, and a general training task (the
+  general-domain instructions included) is prepared only when ``data.general_task`` names it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from medmoelora.errors import ConfigError, UserError
-from medmoelora.tasks import GENERAL_TRAINING_CHOICES, TRAINING_TASKS, check_limits
+from medmoelora.tasks import DATA_TASKS, GENERAL_TRAINING_CHOICES, TRAINING_TASKS, check_limits
 
 MAX_MESSAGE = 240  # characters of jsonschema's message: it repeats the offending value, which may be large
 
@@ -145,9 +145,10 @@ def _located(error: ConfigError, name: str, run: Mapping[str, Any], own: dict, s
 
 
 def _check_prepared_tasks(name: str, tasks: Iterable[str], general_task: str) -> None:
-    """prepare-data writes the default mixture's train splits, and the general task's when it is another."""
+    """prepare-data writes the medical tasks' train splits, and the general task's only when it is named."""
     for task in tasks:
-        if task not in TRAINING_TASKS and task != general_task:
+        medical_default = task in TRAINING_TASKS and DATA_TASKS[task].domain == "medical"
+        if not medical_default and task != general_task:
             raise UserError(
                 f"config runs.{name}: training.tasks includes {task!r}, but prepare-data writes {task}/train only "
                 f"with data.general_task: {task} (here {general_task}); change one of them"

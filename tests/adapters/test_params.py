@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 from medmoelora import AdapterConfig
 from medmoelora.cli import main
-from medmoelora.params import count_parameters
+from medmoelora.params import count_parameters, match_rank
 from tests.tiny import TINY_HIDDEN, TINY_INTERMEDIATE, TINY_LAYERS, tiny_llama_config
 
 HEAD_DIM = 8
@@ -69,3 +70,31 @@ def test_cli_errors_are_one_line_with_exit_status_2():
         "error: unknown preset 'papr'; valid: lora, med_moe_lora, multi_lora, paper, uniform_moe. Did you mean 'paper'?"
     ]
     assert result.stdout == ""
+
+
+def test_match_rank_finds_the_nearest_rank_on_the_exact_line():
+    model_config = tiny_llama_config()
+    target = count_parameters(AdapterConfig.from_preset("med_moe_lora"), model_config).trainable
+    for preset in ("lora", "uniform_moe"):
+        config = AdapterConfig.from_preset(preset)
+        match = match_rank(config, target, model_config)
+
+        def trainable(rank: int, config: AdapterConfig = config) -> int:
+            return count_parameters(config.replace(ranks=(rank,)), model_config).trainable
+
+        assert match.trainable == trainable(match.rank) and match.target == target
+        neighbours = (trainable(match.rank - 1), trainable(match.rank + 1))
+        assert all(abs(match.trainable - target) <= abs(count - target) for count in neighbours)
+    # lora: rank * PER_RANK per layer, nothing else; the nearest rank to the target by the formula:
+    assert match_rank(AdapterConfig.from_preset("lora"), 40 * PER_RANK * TINY_LAYERS + 7, model_config).rank == 40
+    assert match_rank(AdapterConfig.from_preset("lora"), 1, model_config).rank == 1  # never below 1
+
+
+def test_count_params_cli_prints_the_matching_rank(capsys):
+    assert main(["count-params", "--preset", "lora", "--match", "med_moe_lora", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    match = report["match"]
+    assert match["preset"] == "med_moe_lora" and report["architecture"] == "smollm2-135m"
+    assert abs(match["ratio"] - 1) < 0.01 and match["rank"] > 16  # LoRA must grow to match
+    assert main(["count-params", "--preset", "lora", "--match", "med_moe_lora"]) == 0
+    assert f"ranks=[{match['rank']}]" in capsys.readouterr().out

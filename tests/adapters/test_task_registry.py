@@ -65,49 +65,57 @@ def test_subject_groups_and_routing_are_consistent() -> None:
             parent = EVAL_TASKS[task.part_of]
             assert parent in RUN_TASKS and task.subjects and set(task.subjects) <= set(parent.subjects)
         assert task.routing_task.name in TRAINING_TASKS  # the Multi-LoRA preset has an expert for it
-    assert [task.name for task in RUN_TASKS] == ["medqa", "pubmedqa", "gsm8k", "mmlu"]
+    assert [task.name for task in RUN_TASKS] == ["medqa", "pubmedqa", "gsm8k", "mmlu", "general_lm"]
     preset = AdapterConfig.from_preset("multi_lora")
-    assert preset.task_names == TRAINING_TASKS == ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+    assert preset.task_names == TRAINING_TASKS == ("medqa", "medmcqa", "pubmedqa", "general_instruct")
     assert preset.eval_task_map == DEFAULT_EVAL_TASK_MAP
-    assert preset.eval_task_map["medmoe_mmlu_medical"] == "medqa" and preset.eval_task_map["medmoe_mmlu"] == "gsm8k"
+    assert preset.eval_task_map["medmoe_mmlu_medical"] == "medqa"
+    # Every general probe is answered by the expert trained on the general-domain instructions.
+    for probe in ("medmoe_gsm8k", "medmoe_mmlu", "medmoe_mmlu_general", "medmoe_general_lm"):
+        assert preset.eval_task_map[probe] == "general_instruct", probe
     assert {name for name, task in DATA_TASKS.items() if task.domain == "medical"} == {"medqa", "medmcqa", "pubmedqa"}
+    # The general-domain training data is no forgetting probe's data.
+    probes = {task.data_task.name for task in EVAL_TASKS.values() if task.domain == "general"}
+    assert probes == {"gsm8k", "mmlu", "general_lm"} and not probes & set(TRAINING_TASKS)
 
 
 def test_groups_over_a_subject_most_specific_first() -> None:
     assert groups_over("medmoe_mmlu_anatomy") == ["medmoe_mmlu_medical", "medmoe_mmlu"]
-    assert groups_over("medmoe_mmlu_astronomy") == ["medmoe_mmlu"]
+    assert groups_over("medmoe_mmlu_astronomy") == ["medmoe_mmlu_general", "medmoe_mmlu"]
     assert groups_over("medmoe_medqa") == [] and groups_over("medmoe_mmlu_not_a_subject") == []
 
 
 def test_limits_name_every_run_task_and_nothing_else() -> None:
-    check_limits({"medqa": 1, "pubmedqa": None, "gsm8k": 2, "mmlu": 1})
+    check_limits({"medqa": 1, "pubmedqa": None, "gsm8k": 2, "mmlu": 1, "general_lm": 3})
     with pytest.raises(UserError, match="Did you mean 'pubmedqa'"):
-        check_limits({"medqa": 1, "pubmedq": 1, "gsm8k": 2, "mmlu": 1})
+        check_limits({"medqa": 1, "pubmedq": 1, "gsm8k": 2, "mmlu": 1, "general_lm": 3})
     with pytest.raises(UserError, match="no limit for gsm8k"):
-        check_limits({"medqa": 1, "pubmedqa": 1, "mmlu": 1})
+        check_limits({"medqa": 1, "pubmedqa": 1, "mmlu": 1, "general_lm": 3})
     with pytest.raises(UserError, match=r"unknown task in config eval\.limits 'mmlu_medical'"):
-        check_limits({"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "mmlu_medical": 1}, "config eval.limits")
+        limits = {"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "general_lm": 1, "mmlu_medical": 1}
+        check_limits(limits, "config eval.limits")
 
 
 # --- a new evaluation task is one registry entry ------------------------------------------------------
 
-MMLU_GENERAL = EvalTask(
-    "mmlu_general",
-    "MMLU-general",
-    "medmoe_mmlu_general",
+LAW_SUBJECTS = ("international_law", "jurisprudence", "professional_law")
+MMLU_LAW = EvalTask(
+    "mmlu_law",
+    "MMLU-law",
+    "medmoe_mmlu_law",
     "acc,none",
     "general",
     MMLU,
-    DATA_TASKS["gsm8k"],
-    subjects=tuple(subject for subject in MMLU_SUBJECTS if subject not in MMLU_MEDICAL_SUBJECTS),
+    DATA_TASKS["general_instruct"],
+    subjects=LAW_SUBJECTS,
     part_of="mmlu",
 )
 
 
 @pytest.fixture
-def with_mmlu_general(monkeypatch: pytest.MonkeyPatch) -> EvalTask:
-    monkeypatch.setitem(EVAL_TASKS, MMLU_GENERAL.name, MMLU_GENERAL)
-    return MMLU_GENERAL
+def with_mmlu_law(monkeypatch: pytest.MonkeyPatch) -> EvalTask:
+    monkeypatch.setitem(EVAL_TASKS, MMLU_LAW.name, MMLU_LAW)
+    return MMLU_LAW
 
 
 def fake_lm_eval_results(subjects: dict[str, tuple[float, int]]) -> dict:
@@ -126,21 +134,25 @@ def fake_lm_eval_results(subjects: dict[str, tuple[float, int]]) -> dict:
     }
 
 
-def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mmlu_general, tmp_path) -> None:
+def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mmlu_law, tmp_path) -> None:
     from medmoelora_eval import results, tables
     from medmoelora_eval.task_routing import lookup_names
     from tests.eval.test_mmlu_configs import generator
 
-    # Medical subjects all right, the others: astronomy 1 of 2, the rest 0 of 1.
-    outcomes = {subject: (1.0, 3) if subject in MMLU_MEDICAL_SUBJECTS else (0.0, 1) for subject in MMLU_SUBJECTS}
-    run = fake_lm_eval_results({**outcomes, "astronomy": (0.5, 2)})
-    entry = results.score(run, "mmlu_general")
-    assert entry["n"] == 52 and entry["score"] == pytest.approx(1 / 52) and 0 < entry["stderr"] < 0.1
-    assert entry["lm_eval_task"] == "medmoe_mmlu_general"
-    assert lookup_names("medmoe_mmlu_astronomy") == ["medmoe_mmlu_astronomy", "medmoe_mmlu_general", "medmoe_mmlu"]
-    assert tables.score_columns("general") == {"gsm8k": "GSM8K", "mmlu": "MMLU", "mmlu_general": "MMLU-general"}
-    group = generator().render_configs()["_medmoe_mmlu_general.yaml"]
-    assert "- medmoe_mmlu_astronomy\n" in group and "medmoe_mmlu_anatomy" not in group
+    # Law subjects: jurisprudence 1 of 2, the other two 0 of 1; every other subject all right.
+    outcomes = {subject: (0.0, 1) if subject in LAW_SUBJECTS else (1.0, 3) for subject in MMLU_SUBJECTS}
+    run = fake_lm_eval_results({**outcomes, "jurisprudence": (0.5, 2)})
+    entry = results.score(run, "mmlu_law")
+    assert entry["n"] == 4 and entry["score"] == pytest.approx(1 / 4) and 0 < entry["stderr"] < 0.3
+    assert entry["lm_eval_task"] == "medmoe_mmlu_law"
+    assert lookup_names("medmoe_mmlu_jurisprudence") == [
+        "medmoe_mmlu_jurisprudence", "medmoe_mmlu_law", "medmoe_mmlu_general", "medmoe_mmlu"
+    ]  # fmt: skip
+    assert tables.score_columns("general") == {
+        "gsm8k": "GSM8K", "mmlu_general": "MMLU-general", "general_lm": "General LM bits/byte", "mmlu_law": "MMLU-law"
+    }  # fmt: skip
+    group = generator().render_configs()["_medmoe_mmlu_law.yaml"]
+    assert "- medmoe_mmlu_jurisprudence\n" in group and "medmoe_mmlu_anatomy" not in group
 
 
 # --- no task name outside the registry -----------------------------------------------------------------

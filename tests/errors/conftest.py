@@ -13,7 +13,8 @@ from tests.errors.helpers import RAW_FIXTURES, Inputs
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "processed"
-    assert main(["prepare-data", "--raw-dir", str(RAW_FIXTURES), "--out", str(out), "--pubmedqa-validation", "1"]) == 0
+    held_out = ["--pubmedqa-validation", "1", "--general-validation", "2"]  # what the fixtures allow
+    assert main(["prepare-data", "--raw-dir", str(RAW_FIXTURES), "--out", str(out), *held_out]) == 0
     return out
 
 

@@ -23,7 +23,8 @@ from tests.errors.helpers import (
 
 
 def _prepare(i: Inputs, raw: Path = RAW_FIXTURES, *extra: str) -> list[str]:
-    return ["prepare-data", "--raw-dir", str(raw), "--out", str(i.out), "--pubmedqa-validation", "1", *extra]
+    held_out = ["--pubmedqa-validation", "1", "--general-validation", "2"]  # what the fixtures allow
+    return ["prepare-data", "--raw-dir", str(raw), "--out", str(i.out), *held_out, *extra]
 
 
 def _raw(i: Inputs, breaks: Callable[[Path], object]) -> list[str]:
@@ -41,6 +42,11 @@ PREPARE_DATA = [
     ),
     Case("validation negative", lambda i: [*_prepare(i), "--pubmedqa-validation", "-1"], r"validation -1 must be in"),
     Case("validation too many", lambda i: [*_prepare(i), "--pubmedqa-validation", "999"], r"validation 999 must be"),
+    Case(
+        "general validation too many",
+        lambda i: [*_prepare(i), "--general-validation", "8"],
+        r"--general-validation 8 must be in 0\.\.7 \(8 general-domain instructions\)",
+    ),
     Case("general task", lambda i: [*_prepare(i), "--general-task", "bogus"], r"--general-task: invalid .*'bogus'"),
     Case("seed not a number", lambda i: [*_prepare(i), "--seed", "abc"], r"--seed: invalid int value: 'abc'"),
     Case(
@@ -192,7 +198,11 @@ TRAIN = [
         r"`training.lr_scheduler` = 'cosine_with_min_lr' is invalid: must be one of",
     ),
     Case("save_total_limit", _set("training.save_total_limit=abc"), r"`training.save_total_limit` = 'abc'.*or null"),
-    Case("tasks unknown", _set("training.tasks=[bogus]"), r"`training.tasks` = \['bogus'\].*one of gsm8k, medmcqa"),
+    Case(
+        "tasks unknown",
+        _set("training.tasks=[bogus]"),
+        r"`training.tasks` = \['bogus'\].*one of general_instruct, gsm8k",
+    ),
     Case("tasks repeated", _set("training.tasks=[medqa, medqa]"), r"`training.tasks`.*each training task once"),
     Case("tasks empty", _set("training.tasks=[]"), r"`training.tasks` = \(\) .*at least one"),
     Case("max_length 1", _set("training.max_length=1"), r"`training.max_length` = 1 .*no answer token fits"),
@@ -210,8 +220,8 @@ TRAIN = [
     Case("set value not YAML", _set("training.max_steps=[1"), r"'training.max_steps=\[1'.*not valid YAML"),
     Case(
         "multi-lora task without expert",
-        lambda i: _train(i, "--set", "training.tasks=[medqa, mmlu]", method="multi_lora"),
-        r"`training.tasks`.*\['mmlu'\] have no expert in this Multi-LoRA adapter",
+        lambda i: _train(i, "--set", "training.tasks=[medqa, gsm8k]", method="multi_lora"),
+        r"`training.tasks`.*\['gsm8k'\] have no expert in this Multi-LoRA adapter",
     ),
     # The --config file.
     Case("config missing", lambda i: _train(i, "--config", str(i.dir / "absent.yaml")), r"absent.yaml does not exist"),

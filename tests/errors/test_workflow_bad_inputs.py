@@ -89,8 +89,14 @@ CASES = [
     Case("table names no run", "tables: {main: [lora, nope]}", r"tables.main names run 'nope'"),
     Case(
         "training task not prepared",
+        "data: {general_task: none}",
+        r"training.tasks includes 'general_instruct', but prepare-data writes general_instruct/train only with "
+        r"data.general_task: general_instruct \(here none\)",
+    ),
+    Case(
+        "training task without a train split",
         "training: {tasks: [medqa, mmlu]}",
-        r"training.tasks includes 'mmlu', but prepare-data writes mmlu/train only with data.general_task: mmlu",
+        r"`training.tasks` = \['medqa', 'mmlu'\].*entry 'mmlu'",
     ),
 ]
 

@@ -16,8 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LM_EVAL = Path(sys.executable).with_name("lm_eval")
-TASKS = ["medmoe_medqa", "medmoe_pubmedqa", "medmoe_gsm8k", "medmoe_mmlu_medical"]
-TASK_IDS = {"medmoe_medqa": "medqa", "medmoe_pubmedqa": "pubmedqa", "medmoe_gsm8k": "gsm8k"}
+TASKS = ["medmoe_medqa", "medmoe_pubmedqa", "medmoe_gsm8k", "medmoe_mmlu_medical", "medmoe_general_lm"]
+TASK_IDS = {"medmoe_medqa": "medqa", "medmoe_pubmedqa": "pubmedqa", "medmoe_gsm8k": "gsm8k",
+            "medmoe_general_lm": "general_lm"}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -31,7 +32,11 @@ def test_lm_eval_cli_runs_our_tasks(fixture_data_dir: Path, tmp_path: Path) -> N
     (results_file,) = tmp_path.glob("*/results_*.json")
     results = json.loads(results_file.read_text(encoding="utf-8"))
     assert set(results["groups"]) == {"medmoe_mmlu_medical"}
-    assert "acc,none" in results["groups"]["medmoe_mmlu_medical"]
+    group = results["groups"]["medmoe_mmlu_medical"]
+    assert {"acc,none", "gold_logprob,none", "brier,none", "gold_logprob_stderr,none"} <= set(group)
+    medqa = results["results"]["medmoe_medqa"]
+    assert {"acc_norm,none", "gold_logprob,none", "brier,none", "brier_stderr,none"} <= set(medqa)
+    assert results["results"]["medmoe_general_lm"]["bits_per_byte,none"] > 0  # dummy loglikelihoods are < 0
     assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(results["results"]["medmoe_gsm8k"])
     assert results["n-shot"]["medmoe_gsm8k"] == 5
     for task, task_id in TASK_IDS.items():

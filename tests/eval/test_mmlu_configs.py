@@ -1,4 +1,5 @@
-"""The generated MMLU task YAMLs: up to date, the built-in's 57 subjects, the paper's 6 medical ones."""
+"""The generated MMLU task YAMLs: up to date, the built-in's 57 subjects, the paper's 6 medical ones, the
+51 others as the general (forgetting) group."""
 
 from __future__ import annotations
 
@@ -51,12 +52,19 @@ def test_groups_list_the_builtin_subjects_and_the_medical_ones() -> None:
     assert sorted(subjects) == builtin_subjects()
     medical = [task.removeprefix("medmoe_mmlu_") for task in group("medmoe_mmlu_medical")["task"]]
     assert medical == MEDICAL_SUBJECTS
+    general = [task.removeprefix("medmoe_mmlu_") for task in group("medmoe_mmlu_general")["task"]]
+    assert len(general) == 51 and not set(general) & set(MEDICAL_SUBJECTS)
+    assert general == [subject for subject in subjects if subject not in MEDICAL_SUBJECTS]  # the built-in's order
 
 
 def test_groups_average_over_questions_like_the_builtin() -> None:
+    """acc as the built-in's group; each continuous metric of the subjects likewise, over questions."""
     builtin = load_yaml(BUILTIN_MMLU / "_mmlu.yaml", resolve_func=False)["aggregate_metric_list"]
-    for name in ("medmoe_mmlu", "medmoe_mmlu_medical"):
-        assert group(name)["aggregate_metric_list"] == builtin
+    continuous = [{"metric": "gold_logprob", "weight_by_size": True}, {"metric": "brier", "weight_by_size": True}]
+    template = load_yaml(MMLU_DIR / "_default_template_yaml", resolve_func=False)
+    assert [entry["metric"] for entry in template["metric_list"]] == ["acc", "gold_logprob", "brier"]
+    for name in ("medmoe_mmlu", "medmoe_mmlu_medical", "medmoe_mmlu_general"):
+        assert group(name)["aggregate_metric_list"] == builtin + continuous
         assert group(name)["metadata"]["task_id"] == "mmlu"
 
 

@@ -92,3 +92,35 @@ def test_generation_task_has_no_choices_and_unknown_ids_are_named() -> None:
         get_prompt("gsm8k").doc_to_choice({})
     with pytest.raises(UserError, match="Did you mean 'medqa'"):
         get_prompt("medqa4")
+
+
+# stanford_alpaca's train.py PROMPT_DICT, verbatim: the reference for the general-domain training prompt.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+@pytest.mark.parametrize("text_input", ["", "Night : Day :: Right : Left"])
+def test_general_instructions_train_on_the_alpaca_template(text_input: str) -> None:
+    doc = {"instruction": "What is the relation?", "input": text_input, "output": "Opposites."}
+    template = ALPACA_PROMPT_INPUT if text_input else ALPACA_PROMPT_NO_INPUT
+    prompt, completion = get_prompt("general_instruct").format(doc)
+    assert prompt == template.format_map(doc)
+    assert completion == "\nOpposites."  # the loss falls on these tokens only (training.data)
+    assert get_prompt("general_instruct").choices is None  # a generation: training appends EOS
+
+
+@pytest.mark.parametrize("doc", records("general_lm"), ids=lambda d: d["id"])
+def test_general_lm_probe_is_plain_text(doc: dict[str, Any]) -> None:
+    text = get_prompt("general_lm").doc_to_target(doc)
+    parts = [doc["instruction"], doc["input"], doc["output"]] if doc["input"] else [doc["instruction"], doc["output"]]
+    assert text == "\n\n".join(parts)
+    assert "###" not in text and "Below is an instruction" not in text  # not the training template
+    assert get_prompt("general_lm").doc_to_text(doc) == ""  # a rolling loglikelihood has no prompt

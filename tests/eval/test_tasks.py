@@ -14,7 +14,9 @@ from typing import Any
 
 import datasets
 import lm_eval.tasks
+import numpy as np
 import pytest
+from lm_eval.api.metrics import brier_score
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.config.task import TaskConfig
 from lm_eval.tasks import TaskManager
@@ -45,9 +47,13 @@ CASES = {
     },
 }
 # Config fields that differ by design: names, where the data comes from, prompt functions (callables
-# here, strings there: compared by rendering), metadata (ours adds task_id), and MedQA's validation
-# split, which the prepared data does not have (lm-eval evaluates on test either way).
+# here, strings there: compared by rendering), metadata (ours adds task_id), MedQA's validation
+# split, which the prepared data does not have (lm-eval evaluates on test either way), and the
+# multiple-choice tasks' metrics: the built-in's plus gold_logprob and brier, through process_results
+# (both compared below).
 DIFFERENT_BY_DESIGN = {
+    "metric_list",
+    "process_results",
     "task",
     "task_alias",
     "tag",
@@ -127,6 +133,45 @@ def test_config_equals_the_builtin_but_for_names_and_data(name: str, task_pairs)
             assert _comparable(getattr(ours.config, field.name)) == _comparable(getattr(builtin.config, field.name)), (
                 field.name
             )
+
+
+CONTINUOUS = [
+    {"metric": "gold_logprob", "aggregation": "mean", "higher_is_better": True},
+    {"metric": "brier", "aggregation": "mean", "higher_is_better": False},
+]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_metrics_are_the_builtins_plus_the_continuous_ones(name: str, task_pairs) -> None:
+    ours, builtin = task_pairs[name]
+    if builtin.OUTPUT_TYPE != "multiple_choice":  # gsm8k: generation, metrics untouched
+        assert ours.config.metric_list == builtin.config.metric_list
+        assert ours.config.process_results is None
+        return
+    assert ours.config.metric_list == builtin.config.metric_list + CONTINUOUS
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if name != "medmoe_gsm8k"])
+def test_process_results_gives_the_builtins_accuracy_and_the_gold_probability(name: str, task_pairs) -> None:
+    """On random loglikelihoods (ties included), acc and acc_norm equal lm-eval's own multiple-choice
+    path; gold_logprob and brier follow the formula; brier averages to lm-eval's brier_score."""
+    ours, builtin = task_pairs[name]
+    rng = np.random.default_rng(0)
+    briers = []
+    for doc in ours.eval_docs:
+        choices = builtin.doc_to_choice(doc)
+        for draw in range(20):
+            lls = rng.normal(-5.0, 3.0, len(choices)).round(0 if draw % 4 == 0 else 6)  # some ties
+            results = [(float(ll), False) for ll in lls]
+            mine, theirs = ours.process_results(doc, results), builtin.process_results(doc, results)
+            assert {key: mine[key] for key in theirs} == theirs
+            target = builtin.doc_to_target(doc)
+            gold = choices.index(target) if isinstance(target, str) else target  # PubMedQA: the choice's text
+            probs = np.exp(lls) / np.exp(lls).sum()
+            assert mine["gold_logprob"] == pytest.approx(np.log(probs[gold]), abs=1e-9)
+            assert mine["brier"] == pytest.approx(((probs - np.eye(len(choices))[gold]) ** 2).sum(), abs=1e-12)
+            briers.append((mine["brier"], (gold, probs)))
+    assert np.mean([b for b, _ in briers]) == pytest.approx(brier_score([item for _, item in briers]))
 
 
 def _comparable(value: Any) -> Any:

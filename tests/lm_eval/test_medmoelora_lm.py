@@ -14,9 +14,11 @@ from tests.lm_eval.helpers import request
 
 PROMPT = ("Question: Is aspirin an anticoagulant?\nAnswer:", " yes")
 # The same prompt under every task, so that a result can only differ by the expert that produced it.
-MIXED = ["medmoe_pubmedqa", "medmoe_gsm8k", "medmoe_medqa", "medmoe_pubmedqa", "medmoe_mmlu_anatomy", "medmoe_gsm8k"]
-EXPERT = {"medmoe_pubmedqa": "pubmedqa", "medmoe_gsm8k": "gsm8k", "medmoe_medqa": "medqa"}
+MIXED = ["medmoe_pubmedqa", "medmoe_gsm8k", "medmoe_medqa", "medmoe_pubmedqa", "medmoe_mmlu_anatomy", "medmoe_gsm8k",
+         "medmoe_mmlu_astronomy"]  # fmt: skip
+EXPERT = {"medmoe_pubmedqa": "pubmedqa", "medmoe_gsm8k": "general_instruct", "medmoe_medqa": "medqa"}
 EXPERT["medmoe_mmlu_anatomy"] = "medqa"  # via the preset's medmoe_mmlu_medical
+EXPERT["medmoe_mmlu_astronomy"] = "general_instruct"  # via the preset's medmoe_mmlu_general
 
 
 def expert_answers(

@@ -146,7 +146,7 @@ def test_lm_eval_finds_and_runs_the_installed_task_yamls(installed, tmp_path):
     assert Path(tasks).resolve().is_relative_to(installed["purelib"]), tasks
     data = tmp_path / "processed"
     prepare = [str(installed["bin"] / "medmoelora"), "prepare-data", "--raw-dir", str(RAW_FIXTURES), "--out", str(data)]
-    run([*prepare, "--pubmedqa-validation", "1"], installed["cwd"], clean_env())
+    run([*prepare, "--pubmedqa-validation", "1", "--general-validation", "2"], installed["cwd"], clean_env())
     command = [python, "-m", "lm_eval", "--model", "dummy", "--include_path", tasks, "--limit", "2"]
     command += ["--tasks", "medmoe_medqa,medmoe_pubmedqa", "--output_path", str(tmp_path / "out")]
     run(command, installed["cwd"], clean_env(MEDMOE_DATA_DIR=str(data)))

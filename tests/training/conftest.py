@@ -13,12 +13,13 @@ from medmoelora.training.run import train
 from tests.training.helpers import STOP, StopAfter, run_config
 
 RAW_FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "raw"
+SMALL = ("--pubmedqa-validation", "1", "--general-validation", "2")  # held-out draws the fixtures allow
 
 
 @pytest.fixture(scope="session")
 def prepared_data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "processed"
-    assert main(["prepare-data", "--raw-dir", str(RAW_FIXTURES), "--out", str(out), "--pubmedqa-validation", "1"]) == 0
+    assert main(["prepare-data", "--raw-dir", str(RAW_FIXTURES), "--out", str(out), *SMALL]) == 0
     return out
 
 

@@ -70,7 +70,7 @@ def test_aux_losses_temperature_and_routing_are_logged(tiny_model_dir, prepared_
     ):
         assert column in columns, column
     stats = json.loads((tmp_path / "routing_stats.json").read_text())
-    assert set(stats["by_task"]) == {"medqa", "medmcqa", "pubmedqa", "gsm8k"}
+    assert set(stats["by_task"]) == {"medqa", "medmcqa", "pubmedqa", "general_instruct"}
     assert stats["overall"]["layers"]
 
 

@@ -3,8 +3,10 @@
 table1.csv rounds four to 57 documents into percentages, so two adapters that differ (aux losses off,
 a frozen router, a fixed tau) can give the same table. The fingerprint keeps what the scores are made of:
 
-- ``eval``: every document's loglikelihood per choice (multiple choice; mmlu_medical's documents are
-  mmlu's) and extracted answer (gsm8k), from ``results/eval/<run>/<task>.samples.jsonl``;
+- ``eval``: every document's loglikelihood per choice (multiple choice; mmlu_medical's and mmlu_general's
+  documents are mmlu's), extracted answer (gsm8k) and loglikelihood per byte (the general LM probe:
+  per byte, so that one tolerance fits documents of any length), from
+  ``results/eval/<run>/<task>.samples.jsonl``;
 - ``train`` (trained runs): per logged step the loss, its LM part, each aux loss, the gradient norm, the
   mean router temperature and the largest expert share (``train_log.csv``); ``final_loss``
   (``train_metrics.json``); each layer's mean gate per expert after training (``routing_stats.json``);
@@ -23,7 +25,7 @@ from typing import Any
 
 from medmoelora_eval.figures import read_temperatures
 
-EVAL_TASKS = ("medqa", "pubmedqa", "gsm8k", "mmlu")  # mmlu_medical's documents are a subset of mmlu's
+EVAL_TASKS = ("medqa", "pubmedqa", "gsm8k", "mmlu", "general_lm")  # mmlu_medical's and mmlu_general's are mmlu's
 LOG_COLUMNS = ("loss", "lm_loss", "aux_balance", "aux_preservation", "aux_base_l2", "grad_norm")
 LOG_COLUMNS += ("temperature_mean", "max_expert_share")
 
@@ -43,11 +45,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def eval_fingerprint(eval_dir: Path) -> dict[str, Any]:
-    """``{"<lm-eval task>/<doc id>": [loglikelihood per choice] or extracted answer}`` of one run."""
+    """``{"<lm-eval task>/<doc id>": [loglikelihood per choice], extracted answer or loglikelihood per
+    byte}`` of one run."""
     found: dict[str, Any] = {}
     for task in EVAL_TASKS:
         for doc in read_jsonl(eval_dir / f"{task}.samples.jsonl"):
-            outcome = doc["loglikelihoods"] if "loglikelihoods" in doc else doc["answer"]
+            if "loglikelihoods" in doc:
+                outcome = doc["loglikelihoods"]
+            elif "loglikelihood" in doc:
+                outcome = doc["loglikelihood"] / doc["bytes"]
+            else:
+                outcome = doc["answer"]
             found[f"{doc['task']}/{doc['doc_id']}"] = outcome
     return found
 

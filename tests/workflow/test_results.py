@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.special import log_softmax
 
+from medmoelora.data.prompts import instruction_plain_text
 from medmoelora.errors import UserError
 from medmoelora.tasks import EVAL_TASKS as TASKS
 from medmoelora.tasks import MMLU_MEDICAL_SUBJECTS
@@ -22,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "eval" / "fixtures" / "processed"
 MMLU_TASKS = REPO / "benchmark" / "tasks" / "medmoe_mmlu"
 LM_EVAL = Path(sys.executable).with_name("lm_eval")
-EVAL_TASKS = "medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu"  # as the eval rule asks for them
+EVAL_TASKS = "medmoe_medqa,medmoe_pubmedqa,medmoe_gsm8k,medmoe_mmlu,medmoe_general_lm"  # as the eval rule asks
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -36,7 +39,8 @@ def test_samples_are_a_seeded_draw_per_task(tmp_path):
     write_task(tmp_path, "pubmedqa", "test", [{"id": i} for i in range(30)])
     write_task(tmp_path, "gsm8k", "test", [{"id": i} for i in range(5)])
     write_task(tmp_path, "mmlu", "test", [{"subject": s} for s in ["anatomy"] * 9 + ["virology"] * 4])
-    limits = {"medqa": 10, "pubmedqa": 10, "gsm8k": 8, "mmlu": 3}
+    write_task(tmp_path, "general_lm", "test", [{"id": i} for i in range(20)])
+    limits = {"medqa": 10, "pubmedqa": 10, "gsm8k": 8, "mmlu": 3, "general_lm": 6}
     chosen = samples(tmp_path, limits, seed=0)
     assert chosen == samples(tmp_path, limits, seed=0)  # every run gets the same documents
     assert chosen != samples(tmp_path, limits, seed=1)
@@ -45,11 +49,12 @@ def test_samples_are_a_seeded_draw_per_task(tmp_path):
     assert all(0 <= i < 50 for i in chosen["medmoe_medqa"])
     assert chosen["medmoe_gsm8k"] == list(range(5))  # a limit above the count takes every document
     assert len(chosen["medmoe_mmlu_anatomy"]) == 3 and len(chosen["medmoe_mmlu_virology"]) == 3
+    assert len(chosen["medmoe_general_lm"]) == 6 and chosen["medmoe_general_lm"] != list(range(6))
     assert samples(tmp_path, {**limits, "medqa": None})["medmoe_medqa"] == list(range(50))
 
 
 # ---- split: lm_eval's per-document output, compacted ----------------------------------------------------------
-LIMITS = ["medqa=2", "pubmedqa=3", "gsm8k=2", "mmlu=2"]
+LIMITS = ["medqa=2", "pubmedqa=3", "gsm8k=2", "mmlu=2", "general_lm=2"]
 PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
 
 
@@ -93,11 +98,20 @@ def test_split_writes_every_document_as_lm_eval_scored_it(dummy_eval: tuple[Path
     (results_file,) = raw.glob("*/results_*.json")
     lm = json.loads(results_file.read_text(encoding="utf-8"))
     drawn = json.loads((data.parent / "samples.json").read_text())
-    for task in TASKS:
+    for task in (name for name in TASKS if name != "general_lm"):  # the probe: below
         record = json.loads((tmp_path / f"{task}.json").read_text())
         documents = read_jsonl(tmp_path / f"{task}.samples.jsonl")
         assert record["n"] == record["documents"] == len(documents)
         assert sum(doc["correct"] for doc in documents) / len(documents) == pytest.approx(record["score"], abs=1e-12)
+        if "gold" in documents[0]:  # lm-eval's gold_logprob and brier are those of the logged loglikelihoods
+            log_probs = [log_softmax(doc["loglikelihoods"]) for doc in documents]
+            gold = [lp[doc["gold"]] for lp, doc in zip(log_probs, documents, strict=True)]
+            brier = [
+                ((np.exp(lp) - np.eye(len(lp))[doc["gold"]]) ** 2).sum()
+                for lp, doc in zip(log_probs, documents, strict=True)
+            ]
+            assert record["metrics"]["gold_logprob"] == pytest.approx(np.mean(gold), abs=1e-9)
+            assert record["metrics"]["brier"] == pytest.approx(np.mean(brier), abs=1e-9)
         by_leaf: dict[str, list[dict]] = {}
         for doc in documents:
             by_leaf.setdefault(doc["task"], []).append(doc)
@@ -117,6 +131,19 @@ def test_split_writes_every_document_as_lm_eval_scored_it(dummy_eval: tuple[Path
     weighted = sum(a * n for a, n in zip(accs, sizes, strict=True)) / sum(sizes)
     assert sum(doc["correct"] for doc in medical) / len(medical) == pytest.approx(weighted, abs=1e-12)
     assert stderr["mmlu_medical"] == pytest.approx(pooled_stderr(medical))
+    general = read_jsonl(tmp_path / "mmlu_general.samples.jsonl")
+    assert len({doc["task"] for doc in general}) == 51 and not {doc["task"] for doc in general} & {
+        d["task"] for d in medical
+    }
+    # the general LM probe: no correctness; bits per byte from each document's loglikelihood and bytes
+    probe, texts = read_jsonl(tmp_path / "general_lm.samples.jsonl"), read_jsonl(data / "general_lm" / "test.jsonl")
+    assert [doc["doc_id"] for doc in probe] == drawn["medmoe_general_lm"] and stderr["general_lm"] is None
+    assert all(doc["correct"] is None for doc in probe)
+    sizes = [len(instruction_plain_text(texts[doc["doc_id"]]).encode()) for doc in probe]
+    assert [doc["bytes"] for doc in probe] == sizes
+    bits = -sum(doc["loglikelihood"] for doc in probe) / sum(doc["bytes"] for doc in probe) / np.log(2)
+    score = json.loads((tmp_path / "general_lm.json").read_text())
+    assert score["score"] == score["metrics"]["bits_per_byte"] == pytest.approx(bits, rel=1e-12)
 
 
 def pooled_stderr(documents: list[dict]) -> float:

@@ -46,6 +46,7 @@ About 3 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -66,7 +67,7 @@ TINY = ("--configfile", "config/tiny.yaml", "--cores", "2")
 SCORE_TOLERANCE = 0.01  # percentage points
 PARAMETER_COLUMNS = ["Trainable params", "Active params"]
 RUNS = ["base", "lora", "multi_lora", "uniform_moe", "med_moe_lora"]  # table1's rows
-TASKS = ["medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical"]
+TASKS = ["medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical", "mmlu_general", "general_lm"]
 UPDATE_GOLDEN = bool(os.environ.get("MEDMOE_UPDATE_GOLDEN"))
 
 
@@ -111,7 +112,11 @@ def test_per_document_results_make_the_scores(tiny_run: Path) -> None:
             result = json.loads((tiny_run / f"results/eval/{run}/{task}.json").read_text(encoding="utf-8"))
             documents = read_jsonl(tiny_run / f"results/eval/{run}/{task}.samples.jsonl")
             assert len(documents) == result["n"] == sum(len(drawn[leaf]) for leaf in {d["task"] for d in documents})
-            assert sum(d["correct"] for d in documents) / len(documents) == pytest.approx(result["score"], abs=1e-12)
+            if task == "general_lm":  # bits per byte over all documents: -sum(loglikelihood) / sum(bytes) / ln 2
+                value = -sum(d["loglikelihood"] for d in documents) / sum(d["bytes"] for d in documents) / math.log(2)
+            else:
+                value = sum(d["correct"] for d in documents) / len(documents)
+            assert value == pytest.approx(result["score"], rel=1e-12, abs=1e-12)
             assert "stderr" in result
 
 

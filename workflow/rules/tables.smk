@@ -37,6 +37,7 @@ rule table2:
 rule table3:
     input:
         eval_files(TEMPERATURE.values()),
+        train_files(TEMPERATURE.values()),
         train_files(TEMPERATURE.values(), "adapter_model.safetensors"),
     output:
         "results/table3.csv",
@@ -53,6 +54,7 @@ rule table3:
 rule table4:
     input:
         eval_files([BASE_RUN, *FORGETTING]),
+        train_files(FORGETTING),
     output:
         "results/table4.csv",
     log:

@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a config field, value in YAML (e.g. --set top_k=2 --set ranks=[8,16]); "
         "the `adapter.` prefix of `train --set` may be kept",
     )
+    parser.add_argument(
+        "--match",
+        metavar="PRESET",
+        help="also find the one rank (ranks=[r] for every expert) at which --preset's trainable count is "
+        "nearest PRESET's on the same architecture: the rank of a parameter-matched baseline",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.set_defaults(func=run)
 
@@ -57,26 +63,32 @@ def adapter_overrides(texts: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medmoelora.params import PAPER_ACTIVE, PAPER_TRAINABLE, count_parameters
+    from medmoelora.params import PAPER_ACTIVE, PAPER_TRAINABLE, count_parameters, match_rank
 
     config = AdapterConfig.from_preset(args.preset, **adapter_overrides(args.overrides))
+    target_config = AdapterConfig.from_preset(args.match) if args.match else None  # unknown names fail now
     arch_name = args.architecture or ("llama3-8b" if args.preset == "paper" else "smollm2-135m")
-    count = count_parameters(config, load_architecture(arch_name))
+    model_config = load_architecture(arch_name)
+    count = count_parameters(config, model_config)
+    match = None
+    if target_config is not None:
+        match = match_rank(config, count_parameters(target_config, model_config).trainable, model_config)
     paper = arch_name == "llama3-8b" and args.preset == "paper"
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "preset": args.preset,
-                    "architecture": arch_name,
-                    "trainable": count.trainable,
-                    "active": count.active,
-                    "base": count.base,
-                    "experts_per_layer": count.experts_per_layer,
-                    **({"paper_trainable": PAPER_TRAINABLE, "paper_active": PAPER_ACTIVE} if paper else {}),
-                }
-            )
-        )
+        report = {
+            "preset": args.preset,
+            "architecture": arch_name,
+            "trainable": count.trainable,
+            "active": count.active,
+            "base": count.base,
+            "experts_per_layer": count.experts_per_layer,
+        }
+        if paper:
+            report.update(paper_trainable=PAPER_TRAINABLE, paper_active=PAPER_ACTIVE)
+        if match is not None:
+            report["match"] = {"preset": args.match, "target_trainable": match.target, "rank": match.rank,
+                               "trainable": match.trainable, "ratio": match.ratio}  # fmt: skip
+        print(json.dumps(report))
         return 0
     print(f"preset {args.preset} on {arch_name} ({count.base / 1e6:,.1f}M base parameters)")
     print(f"experts per layer: {_runs(count.experts_per_layer)}")
@@ -91,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         if paper:
             line += f" {reported / 1e6:>9.1f}M {ours / reported:>10.2f}"
         print(line)
+    if match is not None:
+        print(
+            f"matched to {args.match} ({match.target / 1e6:.2f}M trainable): ranks=[{match.rank}] gives "
+            f"{match.trainable / 1e6:.2f}M, {match.ratio:.3f}x"
+        )
     return 0
 
 

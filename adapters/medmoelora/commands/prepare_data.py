@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `prepare-data` parser."""
     parser = subparsers.add_parser(
         "prepare-data",
-        help="normalise MedQA, PubMedQA, GSM8K, MMLU and MedMCQA into OUT/<task>/<split>.jsonl",
+        help="normalise MedQA, PubMedQA, GSM8K, MMLU, MedMCQA and the general-domain data into "
+        "OUT/<task>/<split>.jsonl",
         description=(
             "Read the benchmark data (raw release files, or the Hugging Face Hub), write one normalised "
             "record a line to OUT/<task>/<split>.jsonl, drop training questions that appear in an "
@@ -29,15 +30,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--from-hub",
         action="store_true",
-        help="load from the Hugging Face Hub (MedQA and MedMCQA train splits replace their dev sets)",
+        help="load from the Hugging Face Hub (MedQA and MedMCQA train splits replace their dev sets; "
+        "Alpaca's 52k instructions replace AlpacaEval's 805 as the general-domain set)",
     )
     parser.add_argument("--out", type=Path, default=Path("data/processed"), help="output directory")
     parser.add_argument(
         "--general-task",
         choices=GENERAL_TRAINING_CHOICES,
         default=DEFAULT_GENERAL_TRAINING,
-        help="general-domain knowledge-preservation training set: that task's train split (MMLU's: its dev "
-        "and validation sets, written as mmlu/train), or none (default: %(default)s)",
+        help="general-domain knowledge-preservation training set: instructions with responses (AlpacaEval "
+        "from --raw-dir, Alpaca with --from-hub; written as <task>/train and <task>/validation), or none "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--general-validation",
+        type=int,
+        default=50,
+        metavar="N",
+        help="general-domain instructions held out as validation (default: 50)",
     )
     parser.add_argument(
         "--pubmedqa-validation",
@@ -46,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="non-test PubMedQA questions held out as pubmedqa/validation (default: 50)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the PubMedQA validation draw")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation draws")
     parser.add_argument(
         "--pubmedqa-test-ids",
         type=Path,
@@ -80,11 +90,17 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out)  # fail before minutes of Hub downloads, not after
     if args.from_hub:
         sources = _read_hub(args.pubmedqa_test_ids)
-        options = Options("hub", None, args.general_task, args.pubmedqa_validation, args.seed)
     else:
         print(f"prepare-data: reading {args.raw_dir}", file=sys.stderr)
         sources = read_raw(args.raw_dir, progress=lambda xs: _progress(xs, "mmlu csv"))
-        options = Options("raw", str(args.raw_dir), args.general_task, args.pubmedqa_validation, args.seed)
+    options = Options(
+        source="hub" if args.from_hub else "raw",
+        raw_dir=None if args.from_hub else str(args.raw_dir),
+        general_task=args.general_task,
+        pubmedqa_validation=args.pubmedqa_validation,
+        seed=args.seed,
+        general_validation=args.general_validation,
+    )
     manifest = prepare(sources, args.out, options, progress=lambda xs: _progress(xs, "writing"))
     for name, entry in manifest["files"].items():
         print(f"prepare-data: {name:<26} {entry['records']:>7} records", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 Two keys per question: the exact text, and a normalised text (Unicode NFKC, lowercase, punctuation
 stripped to spaces, whitespace collapsed) that also catches copies differing only in case, quotes or spacing.
+An instruction record (a task with a ``context_field``) has two questions: its instruction with its
+input, and its input alone, so that an evaluation question pasted as the input of an instruction is caught.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ Record = dict[str, Any]
 METHOD = (
     "a training record is dropped if its question text equals an evaluation question exactly, or after "
     "normalisation (Unicode NFKC, lowercase, every Unicode punctuation character replaced by a space, "
-    "whitespace collapsed)"
+    "whitespace collapsed); an instruction record's questions are its instruction plus input, and its "
+    "input alone"
 )
 _SPACE = re.compile(r"\s+")
 
 
-def question(record: Record) -> str:
-    """The question text of a record of any task."""
-    return record[data_task(record["task_id"]).question_field]
+def questions(record: Record) -> tuple[str, ...]:
+    """The question texts of a record of any task (one, except for instruction records with an input)."""
+    task = data_task(record["task_id"])
+    question = record[task.question_field]
+    context = record[task.context_field] if task.context_field else ""
+    return (f"{question}\n{context}", context) if context else (question,)
 
 
 def normalize(text: str) -> str:
@@ -46,20 +52,22 @@ class EvalIndex:
     def build(cls, eval_records: list[Record]) -> EvalIndex:
         index = cls()
         for record in eval_records:
-            text = question(record)
-            index.exact.setdefault(text, record["id"])
-            if key := normalize(text):  # an all-punctuation question must not match everything
-                index.normalized.setdefault(key, record["id"])
+            for text in questions(record):
+                index.exact.setdefault(text, record["id"])
+                if key := normalize(text):  # an all-punctuation question must not match everything
+                    index.normalized.setdefault(key, record["id"])
         return index
 
     def match(self, record: Record) -> tuple[str, str] | None:
         """(kind, evaluation id) of the first hit, kind 'exact' or 'normalized'; None if clean."""
-        text = question(record)
-        if text in self.exact:
-            return "exact", self.exact[text]
-        key = normalize(text)
-        if key and key in self.normalized:
-            return "normalized", self.normalized[key]
+        texts = questions(record)
+        for text in texts:
+            if text in self.exact:
+                return "exact", self.exact[text]
+        for text in texts:
+            key = normalize(text)
+            if key and key in self.normalized:
+                return "normalized", self.normalized[key]
         return None
 
 

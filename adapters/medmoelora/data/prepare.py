@@ -1,8 +1,9 @@
 """Turn the read sources into OUT/<task>/<split>.jsonl plus OUT/manifest.json, atomically.
 
 Record order follows the source files (the Hub's order too), so that lm-eval's few-shot samplers pick
-the same examples as the built-in tasks; the seed only draws PubMedQA's validation questions, and the
-training code shuffles. Nothing here reads a clock or an absolute path, so reruns are byte-identical.
+the same examples as the built-in tasks; the seed only draws the held-out validation records of PubMedQA
+and of the general-domain instructions, and the training code shuffles. Nothing here reads a clock or an
+absolute path, so reruns are byte-identical.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from medmoelora.tasks import (
     DEFAULT_GENERAL_TRAINING,
     EVAL_SPLIT,
     EVAL_TASKS,
+    GENERAL_INSTRUCT,
+    GENERAL_LM,
     GSM8K,
     MEDMCQA,
     MEDQA,
@@ -52,6 +55,7 @@ class Options:
     general_task: str = DEFAULT_GENERAL_TRAINING
     pubmedqa_validation: int = 50
     seed: int = 0
+    general_validation: int = 50
 
 
 def check_out(out: Path) -> None:
@@ -60,6 +64,16 @@ def check_out(out: Path) -> None:
         raise UserError(f"{out}: --out exists and is not a directory; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise UserError(f"{out}: --out is a non-empty directory without manifest.json; refusing to replace it")
+
+
+def _held_out(
+    records: list[Record], count: int, seed: int | str, flag: str, what: str
+) -> tuple[list[Record], list[Record]]:
+    """(train, validation): ``count`` records drawn with ``seed`` for validation, both in source order."""
+    if not 0 <= count < len(records):
+        raise UserError(f"{flag} {count} must be in 0..{len(records) - 1} ({len(records)} {what})")
+    chosen = set(random.Random(seed).sample(range(len(records)), count))
+    return [r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen]
 
 
 def _split_pubmedqa(sources: Sources, options: Options) -> dict[Split, list[Record]]:
@@ -73,38 +87,39 @@ def _split_pubmedqa(sources: Sources, options: Options) -> dict[Split, list[Reco
             raise UserError(f"PubMedQA PMID {pmid}: test label {label!r} differs from ori_pqal's; re-download")
         test.append(labeled[pmid])
     pool = [record for pmid, record in labeled.items() if pmid not in sources.pubmedqa_test_ids]
-    if not 0 <= options.pubmedqa_validation < len(pool):
-        raise UserError(
-            f"--pubmedqa-validation {options.pubmedqa_validation} must be in 0..{len(pool) - 1} "
-            f"({len(pool)} non-test PubMedQA questions)"
-        )
-    chosen = set(random.Random(options.seed).sample(range(len(pool)), options.pubmedqa_validation))
-    return {
-        (PUBMEDQA.name, "test"): test,
-        (PUBMEDQA.name, "train"): [r for i, r in enumerate(pool) if i not in chosen],
-        (PUBMEDQA.name, "validation"): [r for i, r in enumerate(pool) if i in chosen],
-    }
+    train, validation = _held_out(
+        pool, options.pubmedqa_validation, options.seed, "--pubmedqa-validation", "non-test PubMedQA questions"
+    )
+    return {(PUBMEDQA.name, "test"): test, (PUBMEDQA.name, "train"): train, (PUBMEDQA.name, "validation"): validation}
 
 
 def build_splits(sources: Sources, options: Options) -> tuple[dict[Split, list[Record]], list[Split]]:
     """All output splits, and the training splits that the contamination check filters."""
     records = sources.records
     # Offline there is no MedQA/MedMCQA train release: their dev sets stand in (see SOURCES.md).
-    medqa, medmcqa, gsm8k, mmlu = MEDQA.name, MEDMCQA.name, GSM8K.name, MMLU.name
+    medqa, medmcqa, gsm8k, mmlu, general = MEDQA.name, MEDMCQA.name, GSM8K.name, MMLU.name, GENERAL_INSTRUCT.name
     splits: dict[Split, list[Record]] = {
         (medqa, "test"): records[medqa, "test"],
         (medqa, "train"): records.get((medqa, "train")) or records[medqa, "dev"],
         (medmcqa, "train"): records.get((medmcqa, "train")) or records[medmcqa, "validation"],
-        # GSM8K's train split is always written: it is also lm-eval's GSM8K few-shot split.
+        # GSM8K's train split is lm-eval's GSM8K few-shot split; nothing trains on it by default.
         (gsm8k, "train"): records[gsm8k, "train"],
         (gsm8k, "test"): records[gsm8k, "test"],
         **{(mmlu, split): records[mmlu, split] for split in ("dev", "validation", "test")},
+        (GENERAL_LM.name, EVAL_SPLIT): records[GENERAL_LM.name, EVAL_SPLIT],  # the general LM probe
         **_split_pubmedqa(sources, options),
     }
-    training = [*MEDICAL_TRAIN, (PUBMEDQA.name, "validation"), (gsm8k, "train")]
-    if options.general_task == mmlu:
-        splits[mmlu, "train"] = records[mmlu, "dev"] + records[mmlu, "validation"]
-        training.append((mmlu, "train"))
+    # Held-out splits count as training data here: they are read during training (held-out loss).
+    training = [*MEDICAL_TRAIN, (PUBMEDQA.name, "validation")]
+    if options.general_task == general:
+        splits[general, "train"], splits[general, "validation"] = _held_out(
+            records[general, "all"],
+            options.general_validation,
+            f"{options.seed}-{general}",
+            "--general-validation",
+            "general-domain instructions",
+        )
+        training += [(general, "train"), (general, "validation")]
     return splits, training
 
 

@@ -11,6 +11,8 @@ evaluated on. Each task reproduces lm-eval 0.4.13's built-in task character for 
     gsm8k     gsm8k             lm_eval/tasks/gsm8k/gsm8k.yaml (Jinja doc_to_text / doc_to_target)
     mmlu      mmlu_<subject>    lm_eval/tasks/mmlu/default/_default_template_yaml (Jinja) + description
     medmcqa   (training only)   rendered in the MedQA format, so that it teaches the MedQA prompt
+    general-domain instructions (training only): the Alpaca template (tatsu-lab/stanford_alpaca)
+    the general LM probe: plain text (instruction, input, response), scored by a rolling loglikelihood
 
 A record ("doc") is one line of ``<data_dir>/<task>/<split>.jsonl`` with the fields of the Hugging Face
 dataset that the built-in task reads (see `medmoelora prepare-data`).
@@ -84,6 +86,41 @@ def mmlu_doc_to_text(doc: Doc) -> str:
 def mmlu_doc_to_target(doc: Doc) -> int:
     """Index of the correct option."""
     return doc["answer"]
+
+
+# tatsu-lab/stanford_alpaca's PROMPT_DICT (train.py): the template its 52k instructions were tuned with.
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+
+def instruction_doc_to_text(doc: Doc) -> str:
+    """The Alpaca template up to ``### Response:``; the response follows after a newline."""
+    if doc["input"]:
+        return (
+            f"{ALPACA_PREAMBLE_INPUT}\n\n### Instruction:\n{doc['instruction']}\n\n"
+            f"### Input:\n{doc['input']}\n\n### Response:"
+        )
+    return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{doc['instruction']}\n\n### Response:"
+
+
+def instruction_doc_to_target(doc: Doc) -> str:
+    """The reference response."""
+    return doc["output"]
+
+
+def instruction_plain_text(doc: Doc) -> str:
+    """An instruction record as plain text: instruction, input (if any) and response, a blank line apart
+    (the general LM probe's documents).
+
+    No template: the probe measures general language modelling, not whether a model learned the
+    training template (which only the runs trained on the general-domain instructions saw).
+    """
+    return "\n\n".join(part for part in (doc["instruction"], doc["input"], doc["output"]) if part)
 
 
 def mmlu_description(subject: str) -> str:

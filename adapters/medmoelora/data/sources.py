@@ -4,6 +4,9 @@ Every record carries ``id``, ``task_id`` and ``domain`` plus the fields (names a
 dataset that lm-eval's built-in task reads, so that the suite's lm-eval tasks can use the built-in
 prompts unchanged: medqa -> GBaker/MedQA-USMLE-4-options-hf, pubmedqa -> bigbio pubmed_qa source
 schema, gsm8k -> openai/gsm8k, mmlu -> cais/mmlu, medmcqa -> openlifescienceai/medmcqa.
+The general-domain data has no built-in lm-eval task: the instructions for knowledge preservation and
+the general LM probe's documents use the field names of tatsu-lab/alpaca (``instruction``, ``input``,
+``output``).
 Every malformed input raises a one-line `UserError` naming the file (and line, for line formats).
 """
 
@@ -21,7 +24,18 @@ from typing import Any
 
 from medmoelora.data.prompts import LETTERS, PUBMEDQA_CHOICES
 from medmoelora.errors import UserError
-from medmoelora.tasks import GSM8K, MEDMCQA, MEDQA, MMLU, MMLU_SUBJECTS, PUBMEDQA, DataTask, record_domain
+from medmoelora.tasks import (
+    GENERAL_INSTRUCT,
+    GENERAL_LM,
+    GSM8K,
+    MEDMCQA,
+    MEDQA,
+    MMLU,
+    MMLU_SUBJECTS,
+    PUBMEDQA,
+    DataTask,
+    record_domain,
+)
 
 Record = dict[str, Any]
 
@@ -35,6 +49,12 @@ PUBMEDQA_TEST_IDS_URL = (
     "1cbae8e92f72f20c8d3747cbb3bf5bc53554d997/data/test_ground_truth.json"
 )
 PUBMEDQA_TEST_IDS_SHA256 = "939fe566f09017d13b1ca64d2ddfee0bc2374b366048152997669cccedc44d51"
+# The 175 human-written Alpaca seed tasks (the general LM probe), pinned likewise; the Hub has no copy.
+ALPACA_SEED_TASKS_URL = (
+    "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/"
+    "761dc5bfbdeeffa89b8bff5d038781a4055f796a/seed_tasks.jsonl"
+)
+ALPACA_SEED_TASKS_SHA256 = "7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48"
 
 
 @dataclass
@@ -164,6 +184,32 @@ def medmcqa_record(row: dict, cop_base: int) -> Record:
     }
 
 
+def instruction_record(row: dict, record_id: str, task: DataTask) -> Record:
+    """An instruction with its (optional) input and a reference response, in tatsu-lab/alpaca's fields:
+    a general-domain training record, or a document of the general LM probe."""
+    text_input = row.get("input", "")
+    if not isinstance(text_input, str):
+        raise _Bad(f"field 'input' must be a string, got {text_input!r}")
+    return {
+        **_identity(record_id, task),
+        "instruction": _str(row, "instruction"),
+        "input": text_input,
+        "output": _str(row, "output"),
+    }
+
+
+def seed_task_records(row: dict, number: int = 0) -> list[Record]:
+    """One Alpaca seed task (an instruction and its instances) -> one probe document per instance."""
+    instances = row.get("instances")
+    if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
+        raise _Bad("field 'instances' must be a non-empty list of {input, output} objects")
+    name = _str(row, "id")
+    return [
+        instruction_record({"instruction": row.get("instruction"), **instance}, f"{name}-{k}", GENERAL_LM)
+        for k, instance in enumerate(instances)
+    ]
+
+
 # --- raw release files ----------------------------------------------------------------------------
 
 
@@ -192,24 +238,30 @@ def _text(path: Path) -> str:
         raise _fail(f"{path}:{line}", f"not UTF-8 ({error.reason} at byte {error.start})") from None
 
 
-def _jsonl(path: Path, convert: Callable[[dict, int], Record]) -> list[Record]:
+def _jsonl(path: Path, convert: Callable[[dict, int], Record | list[Record]]) -> list[Record]:
     """Convert each line of a JSON Lines file; errors name the file and 1-based line number."""
-    records = []
+    return jsonl_records(_text(path), str(path), convert)
+
+
+def jsonl_records(text: str, where: str, convert: Callable[[dict, int], Record | list[Record]]) -> list[Record]:
+    """Convert each line of JSON Lines ``text`` (one record, or a list of them, per line)."""
+    records: list[Record] = []
     # JSON Lines separates records by "\n" only (a JSON string may hold a raw U+2028).
-    for number, line in enumerate(_text(path).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise _Bad("line is not a JSON object")
-            records.append(convert(row, number))
+            converted = convert(row, number)
+            records.extend(converted if isinstance(converted, list) else [converted])
         except json.JSONDecodeError as error:
-            raise _fail(f"{path}:{number}", f"malformed JSON ({error.msg})") from None
+            raise _fail(f"{where}:{number}", f"malformed JSON ({error.msg})") from None
         except _Bad as error:
-            raise _fail(f"{path}:{number}", str(error)) from None
+            raise _fail(f"{where}:{number}", str(error)) from None
     if not records:
-        raise _fail(str(path), "file has no records")
+        raise _fail(where, "file has no records")
     return records
 
 
@@ -264,7 +316,7 @@ def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> 
         raise UserError(f"{raw_dir}: --raw-dir is not a directory")
     sources = Sources()
 
-    def jsonl(rel: str, key: tuple[str, str], convert: Callable[[dict, int], Record]) -> None:
+    def jsonl(rel: str, key: tuple[str, str], convert: Callable[[dict, int], Record | list[Record]]) -> None:
         sources.records[key] = _jsonl(raw_dir / rel, convert)
         sources.files.append(_provenance(raw_dir / rel, raw_dir))
 
@@ -287,6 +339,15 @@ def read_raw(raw_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> 
         )
     # dev.json is JSON Lines despite its name; its cop is 1-indexed (checked: values 1..4, no 0).
     jsonl("medmcqa/dev.json", (MEDMCQA.name, "validation"), lambda row, n: medmcqa_record(row, cop_base=1))
+    # General-domain instructions for knowledge preservation: AlpacaEval's 805 instructions with
+    # text-davinci-003 responses (README, Data: why this set and not GSM8K or MMLU).
+    jsonl(
+        "alpaca_eval/alpaca_eval.jsonl",
+        (GENERAL_INSTRUCT.name, "all"),
+        lambda row, n: instruction_record(row, f"alpaca_eval-{n - 1:05d}", GENERAL_INSTRUCT),
+    )
+    # The general LM probe: Alpaca's 175 human-written seed tasks (no overlap with AlpacaEval).
+    jsonl("alpaca/seed_tasks.jsonl", (GENERAL_LM.name, "test"), seed_task_records)
 
     pqal_path = raw_dir / "pubmedqa/ori_pqal.json"
     truth_path = raw_dir / "pubmedqa/test_ground_truth.json"
@@ -325,6 +386,8 @@ HUB_DATASETS: dict[tuple[str, str], tuple[str, str | None, str]] = {
     (MEDMCQA.name, "train"): ("openlifescienceai/medmcqa", None, "train"),
     (PUBMEDQA.name, "labeled"): ("qiaojin/PubMedQA", "pqa_labeled", "train"),  # all 1000; split later
     **{(MMLU.name, split): ("cais/mmlu", "all", split) for split in ("dev", "validation", "test")},
+    # Alpaca's 52k instructions (text-davinci-003 responses) instead of AlpacaEval's 805.
+    (GENERAL_INSTRUCT.name, "all"): ("tatsu-lab/alpaca", None, "train"),
 }
 
 
@@ -338,6 +401,8 @@ def _hub_converter(task: str, split: str) -> Callable[[dict, int], Record]:
         return lambda row, i: medmcqa_record(row, cop_base=0)  # the Hub's cop is a 0-based ClassLabel
     if task == PUBMEDQA.name:
         return lambda row, i: _hub_pubmedqa(row)
+    if task == GENERAL_INSTRUCT.name:
+        return lambda row, i: instruction_record(row, f"alpaca-{i:05d}", GENERAL_INSTRUCT)
     seen: dict[str, int] = {}
 
     def mmlu(row: dict, i: int) -> Record:
@@ -350,7 +415,7 @@ def _hub_converter(task: str, split: str) -> Callable[[dict, int], Record]:
 
 
 def read_hub(pubmedqa_test_ids: Path | None = None, progress: Callable[[Iterator], Iterator] = iter) -> Sources:
-    """Load every dataset of `HUB_DATASETS` plus the official PubMedQA test ids."""
+    """Load every dataset of `HUB_DATASETS`, the official PubMedQA test ids and the Alpaca seed tasks."""
     import datasets  # deferred: heavy, and only this path needs it
 
     sources = Sources()
@@ -367,7 +432,28 @@ def read_hub(pubmedqa_test_ids: Path | None = None, progress: Callable[[Iterator
              "fingerprint": dataset._fingerprint}  # identifies the exact data read
         )  # fmt: skip
     sources.pubmedqa_test_ids = _hub_test_ids(pubmedqa_test_ids, sources)
+    seed_text = download_pinned(ALPACA_SEED_TASKS_URL, ALPACA_SEED_TASKS_SHA256, sources)
+    sources.records[GENERAL_LM.name, "test"] = jsonl_records(
+        seed_text.decode("utf-8"), ALPACA_SEED_TASKS_URL, seed_task_records
+    )
     return sources
+
+
+def download_pinned(url: str, sha256: str, sources: Sources) -> bytes:
+    """The bytes at ``url``, which must hash to ``sha256`` (a pinned release file); recorded in sources."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except urllib.error.URLError as error:
+        raise UserError(f"{url}: download failed ({error.reason}); check the network, or use --raw-dir") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise UserError(f"{url}: sha256 {digest} is not the pinned file's {sha256}; retry later")
+    sources.files.append({"path": url, "sha256": digest, "bytes": len(data)})
+    return data
 
 
 def _hub_pubmedqa(row: dict) -> Record:
@@ -387,27 +473,19 @@ def _hub_pubmedqa(row: dict) -> Record:
 
 def _hub_test_ids(path: Path | None, sources: Sources) -> dict[str, str]:
     """The official 500 test PMIDs: a local test_ground_truth.json, else the pinned GitHub copy."""
-    if path is not None:
-        data = path.read_bytes() if path.is_file() else None
-        if data is None:
-            raise UserError(f"{path}: --pubmedqa-test-ids file not found")
-        origin = str(path)
+    if path is None:
+        data, origin = download_pinned(PUBMEDQA_TEST_IDS_URL, PUBMEDQA_TEST_IDS_SHA256, sources), PUBMEDQA_TEST_IDS_URL
     else:
-        import urllib.request
-
-        with urllib.request.urlopen(PUBMEDQA_TEST_IDS_URL, timeout=60) as response:
-            data = response.read()
-        origin = PUBMEDQA_TEST_IDS_URL
-    digest = hashlib.sha256(data).hexdigest()
-    # A download must be the pinned official file; a local file is the user's choice, checked against
-    # the labelled questions later and recorded with its hash in the manifest.
-    if path is None and digest != PUBMEDQA_TEST_IDS_SHA256:
-        raise UserError(f"{origin}: sha256 {digest} is not the official test_ground_truth.json; retry later")
+        # A local file is the user's choice, checked against the labelled questions later and
+        # recorded with its hash in the manifest.
+        if not path.is_file():
+            raise UserError(f"{path}: --pubmedqa-test-ids file not found")
+        data, origin = path.read_bytes(), str(path)
+        sources.files.append({"path": origin, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
     try:
         truth = json.loads(data)
     except json.JSONDecodeError as error:
         raise _fail(f"{origin}:{error.lineno}", f"malformed JSON ({error.msg})") from None
     if not isinstance(truth, dict) or not truth:
         raise _fail(origin, "expected a non-empty JSON object mapping PMID to yes/no/maybe")
-    sources.files.append({"path": origin, "sha256": digest, "bytes": len(data)})
     return _test_ids(truth, origin)

@@ -39,10 +39,10 @@ LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 
 
 def training_tasks() -> list[str]:
-    """Task ids with a training prompt (``<data>/<task>/train.jsonl`` as prepare-data writes it)."""
+    """Task ids with a train split (``<data>/<task>/train.jsonl`` as prepare-data writes it)."""
     from medmoelora.tasks import DATA_TASKS
 
-    return list(DATA_TASKS)
+    return [name for name, task in DATA_TASKS.items() if task.trainable]
 
 
 # The loss predicts each answer token from the tokens before it: a 1-token sequence has no answer token

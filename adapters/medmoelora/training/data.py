@@ -50,7 +50,12 @@ def read_task_records(data_dir: Path, task: str) -> list[dict[str, Any]]:
 
 
 def tokenize_example(tokenizer: Any, record: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels = IGNORE_INDEX on the prompt; over-long prompts lose their start."""
+    """(input_ids, labels) with labels = IGNORE_INDEX on the prompt.
+
+    Too long: the prompt loses its start (a short answer is always whole); an answer longer than half of
+    ``max_length`` loses its end instead, so that at least the prompt's last ``max_length // 2`` tokens
+    stay and the model never learns a response without its instruction.
+    """
     prompt_format = get_prompt(record["task_id"])
     prompt, completion = prompt_format.format(record)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -59,7 +64,7 @@ def tokenize_example(tokenizer: Any, record: dict[str, Any], max_length: int) ->
     answer_ids = whole_ids[len(prompt_ids) :]
     if prompt_format.choices is None and tokenizer.eos_token_id is not None:
         answer_ids = [*answer_ids, tokenizer.eos_token_id]
-    answer_ids = answer_ids[:max_length]
+    answer_ids = answer_ids[: max_length - min(len(prompt_ids), max_length // 2)]
     prompt_ids = prompt_ids[len(prompt_ids) - (max_length - len(answer_ids)) :] if max_length > len(answer_ids) else []
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
