@@ -10,6 +10,7 @@ what a rerun into an existing ``out`` does is `medmoelora.training.resume`'s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import resource
@@ -39,7 +40,9 @@ from medmoelora.serialization import save_adapter
 from medmoelora.training.checkpoints import CHECKPOINTS, TRAIN_CONFIG, TRAIN_LOG, complete_checkpoints, step_of
 from medmoelora.training.config import RunConfig, to_dict
 from medmoelora.training.data import Collator, Example, ExampleDataset, build_examples
+from medmoelora.training.heldout import HeldOutEvaluator, build_heldout
 from medmoelora.training.lock import output_lock
+from medmoelora.training.monitor import GeneralSkillMonitor, build_monitor, load_probe
 from medmoelora.training.resume import (
     METRICS_FILE,
     ROUTING_FILE,
@@ -98,6 +101,7 @@ def _plan_and_train(
     run_config = normalised({**to_dict(config), "inputs": input_digests(model_dir, data_dir, config.training.tasks)})
     plan = plan_run(out, run_config, resume, overwrite, resume_if_possible)  # changes nothing yet
     training = config.training
+    probe = load_probe(data_dir, training)
     set_seed(training.seed)
     bf16 = _use_bf16(training.precision)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -108,6 +112,7 @@ def _plan_and_train(
     if training.gradient_checkpointing:  # through the adapter, which replays the routing inputs in backward
         adapted.activation_checkpointing_enable()
         model.config.use_cache = False
+    heldout, heldout_ids = build_heldout(data_dir, training, tokenizer, config.adapter)
     examples = build_examples(
         data_dir,
         training.tasks,
@@ -116,10 +121,13 @@ def _plan_and_train(
         training.max_length,
         training.max_examples_per_task,
         training.seed,
+        exclude_ids=heldout_ids,
     )
+    monitor = build_monitor(adapted, probe, training, tokenizer)
+    callbacks = [*callbacks, *([monitor] if monitor else [])]
     if is_main_process():
         prepare(out, plan)  # only now, with model and data loaded, is --out cleared or rewound
-    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks)
+    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks, heldout)
 
 
 def _train_and_write(
@@ -132,6 +140,7 @@ def _train_and_write(
     plan: Plan,
     run_config: dict[str, Any],
     callbacks: Sequence[TrainerCallback],
+    heldout: HeldOutEvaluator,
 ) -> dict[str, Any]:
     training = config.training
     # What trained this run: its settings and input digests, and each resume that changed a setting.
@@ -142,14 +151,17 @@ def _train_and_write(
         if (out / TRAIN_LOG).is_file():
             shutil.copyfile(out / TRAIN_LOG, checkpoint / TRAIN_LOG)
 
+    extra_columns = tuple(column for callback in callbacks for column in getattr(callback, "columns", ()))
     trainer = MoELoRATrainer(
         model=adapted,
         args=_training_arguments(config, out / CHECKPOINTS, bf16),
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tokenizer.pad_token_id),
-        callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG), *callbacks],
+        callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG, extra_columns), *callbacks],
         on_checkpoint=add_run_files,
+        loss_averaging=training.loss_averaging,
     )
+    heldout.measure_start(adapted)
 
     tokens_before = trainer.state.num_input_tokens_seen
     started = time.perf_counter()
@@ -187,7 +199,12 @@ def _train_and_write(
         "precision": "bf16" if bf16 else "fp32",
         "processes": trainer.args.world_size,
         "device": str(trainer.args.device),
+        "heldout": heldout.report(adapted),  # per training task: loss at start (base model) and end
+        "loss_weights": dataclasses.asdict(adapted.loss_weights),  # at the end (the monitor may raise them)
     }
+    monitors = [callback for callback in callbacks if isinstance(callback, GeneralSkillMonitor)]
+    if monitors:
+        metrics["general_probe"] = monitors[0].summary()
     try:
         save_adapter(adapted, out)
         atomic.write_json(out / ROUTING_FILE, stats, indent=1)
