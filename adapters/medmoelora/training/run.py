@@ -1,10 +1,12 @@
 """The training entry point: setup (model, adapter, data, Trainer), train, cleanup (adapter, statistics).
 
 Outputs in ``out``: the adapter (adapter_config.json, adapter_model.safetensors), routing_stats.json
-(per layer and expert, overall and by training task), train_config.json, train_log.csv, checkpoints/
-for --resume, and train_metrics.json (parameters, tokens/s, peak memory, wall time), written last: its
-presence marks a finished run. One run at a time writes into ``out`` (`medmoelora.training.lock`);
-what a rerun into an existing ``out`` does is `medmoelora.training.resume`'s.
+(per layer and expert, overall, by training task and by domain, and the base experts' share of general
+vs medical tokens; on the held-out sets), train_config.json, train_log.csv, checkpoints/ for --resume,
+and train_metrics.json (parameters, tokens/s, peak memory, wall time, held-out loss per task at start
+and end, the general probe), written last: its presence marks a finished run. One run at a time writes
+into ``out`` (`medmoelora.training.lock`); what a rerun into an existing ``out`` does is
+`medmoelora.training.resume`'s.
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ from transformers import (
 )
 
 from medmoelora import atomic
+from medmoelora.config import DOMAINS
 from medmoelora.errors import UserError
 from medmoelora.model import MoELoRAModel, inject_adapter, trainable_parameter_count
 from medmoelora.params import active_parameters
-from medmoelora.routing_stats import merge_routing_stats, routing_stats, track_routing, warn_on_collapse
+from medmoelora.routing_stats import (
+    base_expert_share,
+    merge_routing_stats,
+    routing_stats,
+    track_routing,
+    warn_on_collapse,
+)
 from medmoelora.serialization import save_adapter
 from medmoelora.training.checkpoints import CHECKPOINTS, TRAIN_CONFIG, TRAIN_LOG, complete_checkpoints, step_of
 from medmoelora.training.config import RunConfig, to_dict
@@ -179,7 +188,8 @@ def _train_and_write(
     adapted.eval()
     stats = {"by_task": {}, "overall": {"layers": {}, "modules": {}}}  # LoRA: one expert, nothing routed
     if config.adapter.routing != "none":
-        stats = _routing_stats_by_task(adapted, examples, training.routing_stats_examples, training.batch_size)
+        chosen = heldout.examples_or(examples, training.routing_stats_examples)  # held-out where there is one
+        stats = _routing_stats_by_group(adapted, chosen, training.batch_size)
         warn_on_collapse(stats["overall"])
     tokens = int(trainer.state.num_input_tokens_seen) - int(tokens_before)
     metrics = {
@@ -294,26 +304,29 @@ def _training_arguments(config: RunConfig, output_dir: Path, bf16: bool) -> Trai
 
 
 @torch.no_grad()
-def _routing_stats_by_task(
-    adapted: MoELoRAModel, examples: list[Example], per_task: int, batch_size: int
-) -> dict[str, Any]:
-    """Routing statistics on the first ``per_task`` examples of each task, overall and by task."""
+def _routing_stats_by_group(adapted: MoELoRAModel, examples: list[Example], batch_size: int) -> dict[str, Any]:
+    """Routing statistics of ``examples``: overall, by task, by domain, and the base experts' share of
+    general vs medical tokens (adapters with base experts)."""
     device = next(p for p in adapted.parameters() if p.requires_grad).device
     collate = Collator(pad_token_id=0)
-    by_task: dict[str, list[Example]] = {}
+    groups: dict[tuple[str, int], list[Example]] = {}
     for example in examples:
-        chosen = by_task.setdefault(example.task, [])
-        if len(chosen) < per_task:
-            chosen.append(example)
-    result: dict[str, Any] = {"by_task": {}}
-    for task, chosen in by_task.items():
+        groups.setdefault((example.task, example.domain), []).append(example)
+    stats: dict[tuple[str, int], dict[str, Any]] = {}
+    for group, chosen in groups.items():
         with track_routing(adapted):
             for start in range(0, len(chosen), batch_size):
                 batch = {k: v.to(device) for k, v in collate(chosen[start : start + batch_size]).items()}
                 batch.pop("labels")
                 adapted(**batch)
-        result["by_task"][task] = routing_stats(adapted)
-    result["overall"] = merge_routing_stats(list(result["by_task"].values()))
+        stats[group] = routing_stats(adapted)
+    by_task = {task: merge_routing_stats([v for (t, _), v in stats.items() if t == task]) for task, _ in stats}
+    by_domain = {
+        DOMAINS[domain]: merge_routing_stats([v for (_, d), v in stats.items() if d == domain]) for _, domain in stats
+    }
+    result = {"by_task": by_task, "by_domain": by_domain, "overall": merge_routing_stats(list(stats.values()))}
+    if adapted.adapter_config.num_base_experts:
+        result["base_expert_share"] = base_expert_share(by_domain)
     return result
 
 
