@@ -24,10 +24,32 @@ with the number of layers or target modules and the weights (lambda) carry over 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
 from medmoelora.layer import MoELoRALinear
+
+
+@dataclass
+class LossWeights:
+    """The weight (lambda) of each aux loss. Initialised from the adapter config; mutable, unlike the
+    config, so that the general-skill monitor (`medmoelora.training.monitor`) can raise them mid-run."""
+
+    balance: float = 0.0
+    preservation: float = 0.0
+    base_l2: float = 0.0
+
+    def any(self) -> bool:
+        return self.balance > 0 or self.preservation > 0 or self.base_l2 > 0
+
+    def weighted_sum(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2."""
+        return (
+            self.balance * terms["balance"]
+            + self.preservation * terms["preservation"]
+            + self.base_l2 * terms["base_l2"]
+        )
 
 
 def switch_balance_loss(probs: torch.Tensor) -> torch.Tensor:

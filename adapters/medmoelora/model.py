@@ -26,7 +26,7 @@ from torch.utils.checkpoint import noop_context_fn
 from medmoelora.config import AdapterConfig
 from medmoelora.errors import UserError
 from medmoelora.layer import MoELoRALinear, RoutingContext
-from medmoelora.losses import aux_losses
+from medmoelora.losses import LossWeights, aux_losses
 
 LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -73,6 +73,7 @@ class MoELoRAModel(nn.Module):
         # Not `config`: code that handles transformers models (Trainer, lm-eval) reads `.config` as the
         # model's PretrainedConfig; `MoELoRAModel.config` forwards to it.
         self.adapter_config = config
+        self.loss_weights = LossWeights(config.balance_weight, config.preservation_weight, config.base_l2_weight)
         self.context = RoutingContext()
         self.num_layers = num_decoder_layers(model)
         experts_per_layer = config.experts_per_layer(self.num_layers)
@@ -197,8 +198,7 @@ class MoELoRAModel(nn.Module):
         return forward_context, _entered_together(recompute_context, self.context.replaying(snapshot))
 
     def _has_aux_losses(self) -> bool:
-        config = self.adapter_config
-        return config.balance_weight > 0 or config.preservation_weight > 0 or config.base_l2_weight > 0
+        return self.loss_weights.any()
 
     def adapter_layers(self) -> dict[str, MoELoRALinear]:
         return {path: module for path, module in self.model.named_modules() if isinstance(module, MoELoRALinear)}
@@ -216,13 +216,9 @@ class MoELoRAModel(nn.Module):
         return terms
 
     def weighted_aux_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2."""
-        config = self.adapter_config
-        return (
-            config.balance_weight * terms["balance"]
-            + config.preservation_weight * terms["preservation"]
-            + config.base_l2_weight * terms["base_l2"]
-        )
+        """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2, with the current
+        ``loss_weights`` (the config's, unless the general-skill monitor raised them)."""
+        return self.loss_weights.weighted_sum(terms)
 
     # ------------------------------------------------------------------------------------------------
     @contextmanager

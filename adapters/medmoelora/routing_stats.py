@@ -16,6 +16,7 @@ from typing import Any
 from medmoelora.model import MoELoRAModel
 
 COLLAPSE_THRESHOLD = 0.9
+GROUPINGS = ("layers", "kinds", "num_experts")  # how base_expert_share groups modules
 
 
 @contextmanager
@@ -39,6 +40,7 @@ def routing_stats(adapted: MoELoRAModel) -> dict[str, Any]:
         modules[path] = {
             "layer": adapted.layer_index[path],
             "routing": layer.routing,
+            "base_experts": layer.num_base_experts,
             "tokens": layer.stat_tokens,
             "mean_gate": (layer.stat_gate_sum / layer.stat_token_count).tolist(),
             "top1_share": (layer.stat_top1_count / layer.stat_token_count).tolist(),
@@ -74,6 +76,36 @@ def merge_routing_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
             top1_share=_mean_lists([e["top1_share"] for e in entries], weights),
         )
     return {"layers": summarize_layers(modules), "modules": modules}
+
+
+def base_expert_share(by_domain: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The share of the routing weight that the base experts get, for each domain's tokens.
+
+    ``by_domain`` maps a domain (general, medical) to the `routing_stats` of its tokens. Returns
+    ``{"modules": {path: {domain: share}}, "layers": {l: ...}, "kinds": {"q_proj": ...}, "num_experts":
+    {2: ..., 8: ...}}``: a decoder layer, a projection kind, or the layers with N experts (the layer
+    types of an asymmetric schedule), each the mean over its modules. Modules without base experts are
+    left out. Knowledge preservation works where the general share exceeds the medical one.
+    """
+    modules: dict[str, dict[str, Any]] = {}
+    for domain, stats in by_domain.items():
+        for path, entry in stats["modules"].items():
+            if entry.get("base_experts"):
+                shares = modules.setdefault(path, {"layer": entry["layer"], "num_experts": len(entry["mean_gate"])})
+                shares[domain] = sum(entry["mean_gate"][: entry["base_experts"]])
+    groups: dict[str, dict[Any, list[dict[str, Any]]]] = {name: defaultdict(list) for name in GROUPINGS}
+    for path, shares in modules.items():
+        groups["layers"][shares["layer"]].append(shares)
+        groups["kinds"][path.rsplit(".", 1)[-1]].append(shares)
+        groups["num_experts"][shares["num_experts"]].append(shares)
+    result: dict[str, Any] = {"modules": modules}
+    for name, grouped in groups.items():
+        result[name] = {key: _mean_shares(entries, list(by_domain)) for key, entries in sorted(grouped.items())}
+    return result
+
+
+def _mean_shares(entries: list[dict[str, Any]], domains: list[str]) -> dict[str, float]:
+    return {domain: sum(e[domain] for e in entries) / len(entries) for domain in domains if domain in entries[0]}
 
 
 def _mean_lists(lists: list[list[float]], weights: list[float]) -> list[float]:

@@ -27,6 +27,7 @@ from medmoelora.validation import (
 
 Precision = Literal["auto", "fp32", "bf16"]
 Logger = Literal["csv", "tensorboard"]
+LossAveraging = Literal["example", "token"]  # how answer tokens are averaged (training/objective.py)
 # transformers' `SchedulerType` names that need nothing but warmup and step counts: training passes no
 # evaluation strategy and no lr_scheduler_kwargs. Spelt out because importing transformers.trainer_utils
 # takes seconds (at every workflow start); a test keeps the list in step with SchedulerType.
@@ -61,6 +62,9 @@ class TrainConfig:
     batch_size: PositiveInt = 8  # sequences per device per step
     gradient_accumulation_steps: PositiveInt = 1
     learning_rate: PositiveFloat = 2e-4
+    # example: every sequence's answer weighs the same; token: every answer token does, and GSM8K's long
+    # solutions then take ~98% of the gradient from the one-token medical answers (training/objective.py)
+    loss_averaging: LossAveraging = "example"
     weight_decay: NonNegativeFloat = 0.0
     warmup_steps: NonNegativeInt = 0
     lr_scheduler: LrScheduler = "cosine"
@@ -72,6 +76,15 @@ class TrainConfig:
     precision: Precision = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     loggers: tuple[Logger, ...] = ("csv",)  # csv (always cheap) and/or tensorboard
     routing_stats_examples: PositiveInt = 16  # per task, for routing_stats.json after training (a forward pass each)
+    # Held-out loss per training task at the start and the end (train_metrics.json); see training/heldout.py.
+    heldout_examples: NonNegativeInt = 32  # per task; 0 turns it off. Two forward passes each (start, end)
+    # The general-skill monitor (training/monitor.py): held-out general-domain LM loss every N steps.
+    monitor_steps: NonNegativeInt = 10  # 0 turns it off; each check is a forward pass over monitor_examples
+    monitor_examples: PositiveInt = 16  # records of the probe set (general-domain records only)
+    monitor_task: Annotated[str, OneOf(training_tasks)] = "mmlu"  # probe data: <data>/<task>/<split>.jsonl
+    monitor_split: str = "validation"  # records that a training task's pool holds are dropped from the probe
+    monitor_threshold: PositiveFloat = 0.01  # warn when the probe loss rises more than this (relative) above step 0
+    monitor_adapt: bool = False  # on a warning, double base_l2_weight and preservation_weight (capped)
 
     def __post_init__(self) -> None:
         coerce_fields(self, prefix="training.")  # types and ranges, from the hints above

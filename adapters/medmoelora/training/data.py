@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ class Example:
     domain: int
 
 
-def read_task_records(data_dir: Path, task: str) -> list[dict[str, Any]]:
-    path = data_dir / task / "train.jsonl"
+def read_task_records(data_dir: Path, task: str, split: str = "train") -> list[dict[str, Any]]:
+    path = data_dir / task / f"{split}.jsonl"
     if not path.is_file():
         raise UserError(f"training data {path} not found; run `medmoelora prepare-data --out {data_dir}` first")
     records = []
@@ -77,8 +77,11 @@ def build_examples(
     max_length: int,
     max_examples_per_task: int | None,
     seed: int,
+    exclude_ids: Collection[str] = frozenset(),
 ) -> list[Example]:
-    """Every training example of the mixture, each with its task id and domain label."""
+    """Every training example of the mixture, each with its task id and domain label; records whose
+    ``id`` is in ``exclude_ids`` (the held-out slices, `medmoelora.training.heldout`) are left out
+    before the per-task sample is drawn."""
     data_dir = Path(data_dir)
     if adapter.routing == "task":
         missing = [task for task in tasks if task not in adapter.task_names]
@@ -88,15 +91,20 @@ def build_examples(
                 f"{list(adapter.task_names)}); set adapter.task_names to the training tasks"
             )
     examples = []
-    for index, task in enumerate(tasks):
-        records = read_task_records(data_dir, task)
+    for task in tasks:
+        records = [record for record in read_task_records(data_dir, task) if record["id"] not in exclude_ids]
         if max_examples_per_task is not None and len(records) > max_examples_per_task:
             records = random.Random(f"{seed}-{task}").sample(records, max_examples_per_task)
-        task_id = adapter.task_index(task) if adapter.routing == "task" else index
+        task_id = training_task_id(adapter, tasks, task)
         for record in records:
             input_ids, labels = tokenize_example(tokenizer, record, max_length)
             examples.append(Example(input_ids, labels, task, task_id, DOMAINS.index(record["domain"])))
     return examples
+
+
+def training_task_id(adapter: AdapterConfig, tasks: Sequence[str], task: str) -> int:
+    """The task id a training task's batches carry: its expert under task routing, else its position."""
+    return adapter.task_index(task) if adapter.routing == "task" else list(tasks).index(task)
 
 
 class ExampleDataset(torch.utils.data.Dataset):

@@ -1,15 +1,18 @@
 """The training entry point: setup (model, adapter, data, Trainer), train, cleanup (adapter, statistics).
 
 Outputs in ``out``: the adapter (adapter_config.json, adapter_model.safetensors), routing_stats.json
-(per layer and expert, overall and by training task), train_config.json, train_log.csv, checkpoints/
-for --resume, and train_metrics.json (parameters, tokens/s, peak memory, wall time), written last: its
-presence marks a finished run. One run at a time writes into ``out`` (`medmoelora.training.lock`);
-what a rerun into an existing ``out`` does is `medmoelora.training.resume`'s.
+(per layer and expert, overall, by training task and by domain, and the base experts' share of general
+vs medical tokens; on the held-out sets), train_config.json, train_log.csv, checkpoints/ for --resume,
+and train_metrics.json (parameters, tokens/s, peak memory, wall time, held-out loss per task at start
+and end, the general probe), written last: its presence marks a finished run. One run at a time writes
+into ``out`` (`medmoelora.training.lock`); what a rerun into an existing ``out`` does is
+`medmoelora.training.resume`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import resource
@@ -31,15 +34,24 @@ from transformers import (
 )
 
 from medmoelora import atomic
+from medmoelora.config import DOMAINS
 from medmoelora.errors import UserError
 from medmoelora.model import MoELoRAModel, inject_adapter, trainable_parameter_count
 from medmoelora.params import active_parameters
-from medmoelora.routing_stats import merge_routing_stats, routing_stats, track_routing, warn_on_collapse
+from medmoelora.routing_stats import (
+    base_expert_share,
+    merge_routing_stats,
+    routing_stats,
+    track_routing,
+    warn_on_collapse,
+)
 from medmoelora.serialization import save_adapter
 from medmoelora.training.checkpoints import CHECKPOINTS, TRAIN_CONFIG, TRAIN_LOG, complete_checkpoints, step_of
 from medmoelora.training.config import RunConfig, to_dict
 from medmoelora.training.data import Collator, Example, ExampleDataset, build_examples
+from medmoelora.training.heldout import HeldOutEvaluator, build_heldout
 from medmoelora.training.lock import output_lock
+from medmoelora.training.monitor import GeneralSkillMonitor, build_monitor, load_probe
 from medmoelora.training.resume import (
     METRICS_FILE,
     ROUTING_FILE,
@@ -98,6 +110,7 @@ def _plan_and_train(
     run_config = normalised({**to_dict(config), "inputs": input_digests(model_dir, data_dir, config.training.tasks)})
     plan = plan_run(out, run_config, resume, overwrite, resume_if_possible)  # changes nothing yet
     training = config.training
+    probe = load_probe(data_dir, training)
     set_seed(training.seed)
     bf16 = _use_bf16(training.precision)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -108,6 +121,7 @@ def _plan_and_train(
     if training.gradient_checkpointing:  # through the adapter, which replays the routing inputs in backward
         adapted.activation_checkpointing_enable()
         model.config.use_cache = False
+    heldout, heldout_ids = build_heldout(data_dir, training, tokenizer, config.adapter)
     examples = build_examples(
         data_dir,
         training.tasks,
@@ -116,10 +130,13 @@ def _plan_and_train(
         training.max_length,
         training.max_examples_per_task,
         training.seed,
+        exclude_ids=heldout_ids,
     )
+    monitor = build_monitor(adapted, probe, training, tokenizer)
+    callbacks = [*callbacks, *([monitor] if monitor else [])]
     if is_main_process():
         prepare(out, plan)  # only now, with model and data loaded, is --out cleared or rewound
-    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks)
+    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks, heldout)
 
 
 def _train_and_write(
@@ -132,6 +149,7 @@ def _train_and_write(
     plan: Plan,
     run_config: dict[str, Any],
     callbacks: Sequence[TrainerCallback],
+    heldout: HeldOutEvaluator,
 ) -> dict[str, Any]:
     training = config.training
     # What trained this run: its settings and input digests, and each resume that changed a setting.
@@ -142,14 +160,17 @@ def _train_and_write(
         if (out / TRAIN_LOG).is_file():
             shutil.copyfile(out / TRAIN_LOG, checkpoint / TRAIN_LOG)
 
+    extra_columns = tuple(column for callback in callbacks for column in getattr(callback, "columns", ()))
     trainer = MoELoRATrainer(
         model=adapted,
         args=_training_arguments(config, out / CHECKPOINTS, bf16),
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tokenizer.pad_token_id),
-        callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG), *callbacks],
+        callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG, extra_columns), *callbacks],
         on_checkpoint=add_run_files,
+        loss_averaging=training.loss_averaging,
     )
+    heldout.measure_start(adapted)
 
     tokens_before = trainer.state.num_input_tokens_seen
     started = time.perf_counter()
@@ -167,7 +188,8 @@ def _train_and_write(
     adapted.eval()
     stats = {"by_task": {}, "overall": {"layers": {}, "modules": {}}}  # LoRA: one expert, nothing routed
     if config.adapter.routing != "none":
-        stats = _routing_stats_by_task(adapted, examples, training.routing_stats_examples, training.batch_size)
+        chosen = heldout.examples_or(examples, training.routing_stats_examples)  # held-out where there is one
+        stats = _routing_stats_by_group(adapted, chosen, training.batch_size)
         warn_on_collapse(stats["overall"])
     tokens = int(trainer.state.num_input_tokens_seen) - int(tokens_before)
     metrics = {
@@ -187,7 +209,12 @@ def _train_and_write(
         "precision": "bf16" if bf16 else "fp32",
         "processes": trainer.args.world_size,
         "device": str(trainer.args.device),
+        "heldout": heldout.report(adapted),  # per training task: loss at start (base model) and end
+        "loss_weights": dataclasses.asdict(adapted.loss_weights),  # at the end (the monitor may raise them)
     }
+    monitors = [callback for callback in callbacks if isinstance(callback, GeneralSkillMonitor)]
+    if monitors:
+        metrics["general_probe"] = monitors[0].summary()
     try:
         save_adapter(adapted, out)
         atomic.write_json(out / ROUTING_FILE, stats, indent=1)
@@ -277,26 +304,29 @@ def _training_arguments(config: RunConfig, output_dir: Path, bf16: bool) -> Trai
 
 
 @torch.no_grad()
-def _routing_stats_by_task(
-    adapted: MoELoRAModel, examples: list[Example], per_task: int, batch_size: int
-) -> dict[str, Any]:
-    """Routing statistics on the first ``per_task`` examples of each task, overall and by task."""
+def _routing_stats_by_group(adapted: MoELoRAModel, examples: list[Example], batch_size: int) -> dict[str, Any]:
+    """Routing statistics of ``examples``: overall, by task, by domain, and the base experts' share of
+    general vs medical tokens (adapters with base experts)."""
     device = next(p for p in adapted.parameters() if p.requires_grad).device
     collate = Collator(pad_token_id=0)
-    by_task: dict[str, list[Example]] = {}
+    groups: dict[tuple[str, int], list[Example]] = {}
     for example in examples:
-        chosen = by_task.setdefault(example.task, [])
-        if len(chosen) < per_task:
-            chosen.append(example)
-    result: dict[str, Any] = {"by_task": {}}
-    for task, chosen in by_task.items():
+        groups.setdefault((example.task, example.domain), []).append(example)
+    stats: dict[tuple[str, int], dict[str, Any]] = {}
+    for group, chosen in groups.items():
         with track_routing(adapted):
             for start in range(0, len(chosen), batch_size):
                 batch = {k: v.to(device) for k, v in collate(chosen[start : start + batch_size]).items()}
                 batch.pop("labels")
                 adapted(**batch)
-        result["by_task"][task] = routing_stats(adapted)
-    result["overall"] = merge_routing_stats(list(result["by_task"].values()))
+        stats[group] = routing_stats(adapted)
+    by_task = {task: merge_routing_stats([v for (t, _), v in stats.items() if t == task]) for task, _ in stats}
+    by_domain = {
+        DOMAINS[domain]: merge_routing_stats([v for (_, d), v in stats.items() if d == domain]) for _, domain in stats
+    }
+    result = {"by_task": by_task, "by_domain": by_domain, "overall": merge_routing_stats(list(stats.values()))}
+    if adapted.adapter_config.num_base_experts:
+        result["base_expert_share"] = base_expert_share(by_domain)
     return result
 
 

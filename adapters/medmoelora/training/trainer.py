@@ -1,6 +1,7 @@
 """transformers' Trainer, taught three things: our objective, our optimizer groups, our checkpoints.
 
-- the loss is `MoELoRAModel.forward`'s (LM loss + weighted aux losses); its parts, the mean router
+- the loss is the LM loss on the answer tokens, averaged per example or per token
+  (`medmoelora.training.objective`), plus `MoELoRAModel`'s weighted aux losses; its parts, the mean router
   temperature and the largest expert share are averaged between log steps and logged with it;
 - the optimizer gets `MoELoRAModel.parameter_groups` (base experts at their own learning rate); on
   resume the run's learning rate and weight decay replace the checkpoint's (Trainer would keep the old);
@@ -34,6 +35,7 @@ from medmoelora.model import MoELoRAModel
 from medmoelora.routing_stats import collapsed_modules, routing_stats
 from medmoelora.serialization import load_adapter_weights, save_adapter
 from medmoelora.training.checkpoints import STAGING, TRAIN_PROGRESS, complete_checkpoints, read_json
+from medmoelora.training.objective import answer_nll
 
 
 class TrainingDiverged(UserError):
@@ -41,10 +43,18 @@ class TrainingDiverged(UserError):
 
 
 class MoELoRATrainer(Trainer):
-    """``on_checkpoint(directory)`` adds the run's own files to a checkpoint before it is renamed into place."""
+    """``on_checkpoint(directory)`` adds the run's own files to a checkpoint before it is renamed into place;
+    ``loss_averaging`` says how answer tokens are averaged (`medmoelora.training.objective`)."""
 
-    def __init__(self, *args: Any, on_checkpoint: Callable[[Path], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_checkpoint: Callable[[Path], None] | None = None,
+        loss_averaging: str = "example",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.loss_averaging = loss_averaging
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
         self.on_checkpoint = on_checkpoint
@@ -71,8 +81,11 @@ class MoELoRATrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        outputs = model(**inputs)
-        loss = outputs["loss"]
+        outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
+        outputs["lm_loss"] = answer_nll(outputs["logits"], inputs["labels"], self.loss_averaging)
+        aux = outputs.get("aux_losses")  # training mode, aux losses on: weighted by the model's current weights
+        loss = outputs["lm_loss"] + (self.adapted.weighted_aux_loss(aux) if aux is not None else 0.0)
+        outputs["loss"] = loss
         if not torch.isfinite(loss).all():
             # These weights came out of the last update: the checkpoint of that step holds them too.
             raise self._diverged(f"loss became {loss.item()} at step {self.state.global_step + 1}")
@@ -94,6 +107,9 @@ class MoELoRATrainer(Trainer):
             self._sums.clear()
             self._count = 0
             logs.update(_routing_summary(self.adapted))
+        if "loss" in logs:  # callbacks with values for this row (the general-skill monitor)
+            for callback in self.callback_handler.callbacks:
+                logs.update(getattr(callback, "pop_log_values", dict)())
         super().log(logs, start_time)
 
     # ---- checkpoints: the adapter only, written atomically, never with non-finite weights ---------------
@@ -231,8 +247,9 @@ class RoutingTracker(TrainerCallback):
 class CsvLogger(TrainerCallback):
     """Appends every training log (loss, aux losses, learning rate, temperature, routing) to a CSV."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra_columns: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.extra_columns = extra_columns  # filled on some rows only (empty elsewhere)
         self.columns: list[str] | None = None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
@@ -244,7 +261,7 @@ class CsvLogger(TrainerCallback):
                 with self.path.open(newline="") as handle:
                     self.columns = next(csv.reader(handle))
             else:
-                self.columns = list(row)
+                self.columns = [*row, *(column for column in self.extra_columns if column not in row)]
                 with self.path.open("w", newline="") as handle:
                     csv.writer(handle).writerow(self.columns)
         with self.path.open("a", newline="") as handle:

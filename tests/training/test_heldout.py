@@ -1,0 +1,159 @@
+"""Held-out loss per training task: sets never trained on, the start is the base model, the end is measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from medmoelora import AdapterConfig, inject_adapter
+from medmoelora.cli import main
+from medmoelora.tasks import get_prompt
+from medmoelora.training.config import build_run_config
+from medmoelora.training.data import build_examples
+from medmoelora.training.heldout import choice_token_ids, held_out_examples, held_out_set, mean_token_nll
+from medmoelora.training.run import train
+from tests.tiny import randomize_adapter
+from tests.training.test_train import FAST
+
+TASKS = ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+
+
+def test_validation_split_is_used_where_prepared_and_a_seeded_train_slice_elsewhere(prepared_data_dir):
+    pubmedqa = held_out_set(prepared_data_dir, "pubmedqa", 32)
+    assert pubmedqa.source == "validation" and pubmedqa.excluded_ids == frozenset()
+    validation_ids = {json.loads(line)["id"] for line in (prepared_data_dir / "pubmedqa/validation.jsonl").open()}
+    assert {record["id"] for record in pubmedqa.records} == validation_ids
+    medmcqa = held_out_set(prepared_data_dir, "medmcqa", 32)
+    assert medmcqa.source == "train"
+    assert len(medmcqa.records) == 1  # at most half of the 3-record pool: training keeps the rest
+    assert held_out_set(prepared_data_dir, "medmcqa", 32) == medmcqa  # a fixed draw
+
+
+def test_training_never_sees_a_held_out_record(prepared_data_dir, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    adapter = AdapterConfig.from_preset("lora")
+    sets = [held_out_set(prepared_data_dir, task, 32) for task in TASKS]
+    excluded = frozenset().union(*(s.excluded_ids for s in sets))
+    assert excluded  # medqa, medmcqa and gsm8k have no validation split here
+    kept = build_examples(prepared_data_dir, TASKS, tokenizer, adapter, 96, None, 0, exclude_ids=excluded)
+    everything = build_examples(prepared_data_dir, TASKS, tokenizer, adapter, 96, None, 0)
+    assert len(kept) == len(everything) - len(excluded)
+    held_out_inputs = {tuple(e.input_ids) for s in sets for e in held_out_examples(s, tokenizer, adapter, TASKS, 96)}
+    assert not held_out_inputs & {tuple(example.input_ids) for example in kept}
+
+
+def test_mmlu_validation_inside_the_mmlu_training_pool_is_not_used_as_held_out(tmp_path):
+    from tests.training.conftest import RAW_FIXTURES
+
+    data = tmp_path / "processed"
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--raw-dir",
+                str(RAW_FIXTURES),
+                "--out",
+                str(data),
+                "--general-task",
+                "mmlu",
+                "--pubmedqa-validation",
+                "1",
+            ]
+        )
+        == 0
+    )
+    mmlu = held_out_set(data, "mmlu", 32)
+    assert mmlu.source == "train" and mmlu.excluded_ids  # validation is part of mmlu/train.jsonl
+
+
+def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_base_model(
+    tiny_model_dir, prepared_data_dir, tmp_path
+):
+    config = build_run_config("med_moe_lora", overrides=[*FAST, "training.max_steps=3"])
+    metrics = train(tiny_model_dir, prepared_data_dir, tmp_path, config)
+    written = json.loads((tmp_path / "train_metrics.json").read_text())["heldout"]
+    assert written == metrics["heldout"] and set(written) == set(TASKS)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for task, entry in written.items():
+        assert math.isfinite(entry["loss_start"]) and math.isfinite(entry["loss_end"]) and entry["tokens"] > 0
+        assert entry["loss_end"] != entry["loss_start"], task  # the adapter changed the model
+        if task == "gsm8k":  # generation: no options to choose between
+            assert "choice_loss_start" not in entry
+        else:
+            assert 0 <= entry["choice_accuracy_start"] <= 1 and math.isfinite(entry["choice_loss_end"])
+        examples = held_out_examples(
+            held_out_set(prepared_data_dir, task, 32), tokenizer, config.adapter, TASKS, config.training.max_length
+        )
+        base = mean_token_nll(base_model, examples, config.training.batch_size)
+        assert entry["loss_start"] == base["loss"] and entry["tokens"] == base["tokens"], task
+        if task != "gsm8k":
+            choices = [
+                choice_token_ids(tokenizer, record) for record in held_out_set(prepared_data_dir, task, 32).records
+            ]
+            base = mean_token_nll(base_model, examples, config.training.batch_size, choices)
+            assert entry["choice_loss_start"] == base["choice_loss"], task
+
+
+@pytest.mark.parametrize("method", ["med_moe_lora", "multi_lora"])
+def test_at_initialisation_the_adapted_model_is_exactly_the_base_model(method, tiny_model_dir, prepared_data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    adapter = AdapterConfig.from_preset(method)
+    adapted = inject_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), adapter)
+    examples = held_out_examples(held_out_set(prepared_data_dir, "medqa", 32), tokenizer, adapter, TASKS, 96)
+    initial = mean_token_nll(adapted, examples, batch_size=2)
+    with adapted.disable_adapters():
+        assert mean_token_nll(adapted, examples, batch_size=2) == initial
+    randomize_adapter(adapted)  # the comparison can fail: a non-zero adapter changes the loss
+    assert mean_token_nll(adapted, examples, batch_size=2) != initial
+
+
+def test_the_mean_does_not_depend_on_the_batching(tiny_model_dir, prepared_data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    adapter = AdapterConfig.from_preset("lora")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    examples = [
+        example
+        for task in TASKS
+        for example in held_out_examples(held_out_set(prepared_data_dir, task, 32), tokenizer, adapter, TASKS, 96)
+    ]
+    one_by_one = mean_token_nll(model, examples, batch_size=1)
+    together = mean_token_nll(model, examples, batch_size=len(examples))
+    assert together["tokens"] == one_by_one["tokens"] == sum(sum(t != -100 for t in e.labels[1:]) for e in examples)
+    assert together["loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
+
+
+def test_choice_metrics_match_scoring_each_option_separately(tiny_model_dir, prepared_data_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    adapter = AdapterConfig.from_preset("lora")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    records, examples, choices = [], [], []
+    for task in ("medqa", "medmcqa", "pubmedqa"):
+        held_out = held_out_set(prepared_data_dir, task, 32)
+        records += held_out.records
+        examples += held_out_examples(held_out, tokenizer, adapter, TASKS, 96)
+    choices = [choice_token_ids(tokenizer, record) for record in records]
+    assert all(options is not None for options in choices)  # " A".." D", " yes" / " no" / " maybe": one token each
+    result = mean_token_nll(model, examples, batch_size=3, choices=choices)
+
+    losses, hits = [], []
+    for record, example in zip(records, examples, strict=True):  # lm-eval's way: one request per option
+        prompt_format = get_prompt(record["task_id"])
+        context = example.input_ids[: next(t for t, label in enumerate(example.labels) if label != -100)]
+        scores = []
+        for option in prompt_format.doc_to_choice(record):
+            (option_id,) = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(torch.tensor([[*context, option_id]])).logits[0, -2]
+            scores.append(float(torch.log_softmax(logits, -1)[option_id]))
+        gold = prompt_format.doc_to_choice(record).index(prompt_format.answer(record))
+        losses.append(-(scores[gold] - float(torch.logsumexp(torch.tensor(scores), 0))))
+        hits.append(max(range(len(scores)), key=scores.__getitem__) == gold)
+    assert result["choice_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    assert result["choice_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    assert "choice_loss" not in mean_token_nll(model, examples, batch_size=3)  # only when asked
