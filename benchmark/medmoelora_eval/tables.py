@@ -1,128 +1,234 @@
-"""The paper's tables from the workflow's results: eval scores, training metrics, learned temperatures.
+"""The paper's tables from the workflow's results: every score with its 95% interval, seeds pooled.
 
-    python -m medmoelora_eval.tables main --rows base=base lora=lora ... --base base --out results/table1.csv
+    python -m medmoelora_eval.tables main --rows base=base lora=lora ... --base base --seeds 0 1 2 \
+        --out results/table1.csv
 
 Tables: ``main`` (table1: scores, forgetting vs base, parameters), ``allocation`` (table2),
-``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5). The score columns are the task
-registry's evaluation tasks (`medmoelora.tasks`), in its order: the medical ones and their mean (the
-medical average: MedQA, PubMedQA and MMLU-medical), and the general ones with their change against the
-base model (forgetting). Scores are percent, changes percentage points.
+``temperature`` (table3), ``forgetting`` (table4), ``cost`` (table5). Every score is computed from the
+per-document results (``results/eval/<run>/seed<k>/<task>.samples.jsonl``; the base model's in
+``results/eval/<base>/``) with `medmoelora_eval.stats`: the point estimate pools the run's seeds and
+documents, and its ``_lo`` / ``_hi`` columns are the 95% bootstrap interval over documents and seeds
+(`medmoelora_eval.stats.INTERVAL_METHOD`). A "change" column is the run minus the base model on the same
+documents (paired), with the interval of that difference.
+
+Accuracies are percent and their changes percentage points; the medical average is the mean of MedQA,
+PubMedQA and MMLU-medical. Beside accuracy, from the same requests: the gold answer's log-probability
+over the choices (nats, higher is better) and the Brier score (lower is better), averaged over the same
+three tasks. Forgetting is measured on GSM8K, MMLU outside the medical subjects (MMLU-general) and, where
+the results hold one, a general language-modelling probe in bits per byte (lower is better). A column
+whose documents the results do not carry (bits per byte without a rolling-loglikelihood task) is left out.
+Training metrics (parameters, tau, cost) come from ``results/train/<run>/seed<k>/``: parameter counts
+are the same for every seed; timings and tau are means over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from medmoelora import atomic
-from medmoelora.errors import command_main
-from medmoelora.tasks import EVAL_TASKS, Domain
-from medmoelora_eval.results import load_score
+from medmoelora.errors import UserError
+from medmoelora_eval.results import write_atomic
+from medmoelora_eval.samples import MEDICAL_AVERAGE, MMLU_GENERAL, has_metric, load_samples, strata
+from medmoelora_eval.stats import RESAMPLES, SEED, bootstrap, estimate, percentile_interval
 
-MEDICAL_AVERAGE = "Medical avg"
-
-
-def score_columns(domain: Domain) -> dict[str, str]:
-    """Evaluation task -> column heading, for the registry's tasks of one domain, in its order."""
-    return {name: task.label for name, task in EVAL_TASKS.items() if task.domain == domain}
+LOW, HIGH = "_lo", "_hi"  # suffixes of a column's interval bounds in the CSVs
+CHANGE = " change"
+TRAINABLE = "Trainable params"
+ACTIVE = "Active params"
 
 
-def _scores(eval_dir: Path, run: str) -> dict[str, float]:
-    scores = {name: load_score(eval_dir, run, task) for task, name in score_columns("medical").items()}
-    scores[MEDICAL_AVERAGE] = sum(scores.values()) / len(scores)
-    return scores
+@dataclass(frozen=True)
+class Column:
+    """A score column: ``metric`` (`medmoelora_eval.samples.METRICS`) on ``scope`` (a task file or a
+    composite such as the medical average)."""
+
+    label: str
+    scope: str
+    metric: str = "accuracy"
 
 
-def _metrics(train_dir: Path, run: str) -> dict:
-    return json.loads((train_dir / run / "train_metrics.json").read_text(encoding="utf-8"))
+MEDICAL = (
+    Column("MedQA", "medqa"),
+    Column("PubMedQA", "pubmedqa"),
+    Column("MMLU-medical", "mmlu_medical"),
+    Column("Medical avg", MEDICAL_AVERAGE),
+)
+MEDICAL_CONTINUOUS = (
+    Column("Medical gold logprob", MEDICAL_AVERAGE, "gold_logprob"),
+    Column("Medical Brier", MEDICAL_AVERAGE, "brier"),
+)
+GENERAL = (
+    Column("GSM8K", "gsm8k"),
+    Column("MMLU-general", MMLU_GENERAL),
+    Column("General LM bits/byte", "general_lm", "bits_per_byte"),
+)
+GENERAL_CONTINUOUS = (Column("MMLU-general gold logprob", MMLU_GENERAL, "gold_logprob"),)
 
 
-def _forgetting(eval_dir: Path, run: str, base: str) -> dict[str, float]:
-    """Every general score, then every general score's change against the base model."""
-    general = score_columns("general")
-    scores = {name: load_score(eval_dir, run, task) for task, name in general.items()}
-    changes = {f"{name} change": scores[name] - load_score(eval_dir, base, task) for task, name in general.items()}
-    return {**scores, **changes}
+def interval_columns(label: str) -> list[str]:
+    return [label, label + LOW, label + HIGH]
 
 
-def main_table(rows: dict[str, str], eval_dir: Path, train_dir: Path, base: str) -> pd.DataFrame:
-    """Table 1: every method beside the base model."""
+class Results:
+    """The per-document results of a table's runs, and each score with its interval (cached: the same
+    run recurs in several columns and as the base of every change)."""
+
+    def __init__(
+        self, eval_dir: Path, runs: Sequence[str], seeds: Sequence[int] | None, resamples: int, seed: int
+    ) -> None:
+        self.samples = load_samples(eval_dir, runs, seeds)
+        self.resamples, self.seed = resamples, seed
+        self._strata = functools.cache(lambda run, scope, metric: strata(self.samples, run, scope, metric))
+
+    def available(self, columns: Sequence[Column], runs: Sequence[str]) -> list[Column]:
+        """The columns every run's results carry; a column that only some of them carry is an error."""
+        chosen = []
+        for column in columns:
+            have = [has_metric(self.samples, run, column.scope, column.metric) for run in runs]
+            if all(have):
+                chosen.append(column)
+            elif any(have):
+                missing = [run for run, ok in zip(runs, have, strict=True) if not ok]
+                raise UserError(
+                    f"{column.label}: run {missing[0]!r} has no per-document {column.metric} results on "
+                    f"{column.scope} that the other runs have; re-run its evaluation"
+                )
+        return chosen
+
+    def score(self, run: str, column: Column) -> dict[str, float]:
+        """``{label, label_lo, label_hi}``: the pooled score and its 95% bootstrap interval."""
+        values = self._strata(run, column.scope, column.metric)
+        lo, hi = percentile_interval(bootstrap(values, resamples=self.resamples, seed=self.seed))
+        return dict(zip(interval_columns(column.label), (estimate(values), lo, hi), strict=True))
+
+    def change(self, run: str, base: str, column: Column) -> dict[str, float]:
+        """``{label change, _lo, _hi}``: run minus base on the same documents, with the paired interval."""
+        values, base_values = (
+            self._strata(run, column.scope, column.metric),
+            self._strata(base, column.scope, column.metric),
+        )
+        difference = estimate(values) - estimate(base_values)
+        replicates = bootstrap(values, base_values, resamples=self.resamples, seed=self.seed)
+        lo, hi = percentile_interval(replicates)
+        return dict(zip(interval_columns(column.label + CHANGE), (difference, lo, hi), strict=True))
+
+
+def train_metrics(train_dir: Path, run: str, seeds: Sequence[int], name: str = "train_metrics.json") -> list[dict]:
+    """Each seed's ``train_metrics.json`` of a trained run."""
+    found = []
+    for seed in seeds:
+        path = train_dir / run / f"seed{seed}" / name
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except OSError as error:
+            raise UserError(f"{path}: {error.strerror}; train run {run!r} seed {seed} first") from None
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not JSON ({error.msg}); re-run that training") from None
+    return found
+
+
+def parameters(train_dir: Path, run: str, seeds: Sequence[int], base: str | None = None) -> dict[str, int]:
+    """Trainable and active parameters (0 for the base model); every seed trains the same adapter."""
+    if run == base:
+        return {TRAINABLE: 0, ACTIVE: 0}
+    counts = {(m["trainable_params"], m["active_params"]) for m in train_metrics(train_dir, run, seeds)}
+    if len(counts) != 1:
+        raise UserError(f"the seeds of run {run!r} trained adapters of different sizes {sorted(counts)}; re-train it")
+    ((trainable, active),) = counts
+    return {TRAINABLE: trainable, ACTIVE: active}
+
+
+def main_table(
+    results: Results, rows: dict[str, str], train_dir: Path, base: str, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Table 1: every method beside the base model; forgetting as each general score's change."""
+    runs = list(rows.values())
+    scores = results.available((*MEDICAL, *MEDICAL_CONTINUOUS, *GENERAL), [*runs, base])
+    general = [column for column in scores if column in GENERAL]
     records = []
     for label, run in rows.items():
-        metrics = {"trainable_params": 0, "active_params": 0} if run == base else _metrics(train_dir, run)
-        records.append(
-            {
-                "run": label,
-                **_scores(eval_dir, run),
-                **_forgetting(eval_dir, run, base),
-                "Trainable params": metrics["trainable_params"],
-                "Active params": metrics["active_params"],
-            }
-        )
+        record: dict = {"run": label}
+        for column in scores:
+            record |= results.score(run, column)
+        for column in general:  # the base model's own row: exactly 0 [0, 0]
+            record |= results.change(run, base, column)
+        records.append(record | parameters(train_dir, run, seeds, base))
     return pd.DataFrame.from_records(records)
 
 
-def allocation_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> pd.DataFrame:
+def allocation_table(results: Results, rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
     """Table 2: expert allocation across layers (uniform, asymmetric, inverted)."""
+    scores = results.available(MEDICAL, list(rows.values()))
     records = []
     for label, run in rows.items():
-        counts = _experts_per_layer(train_dir / run / "adapter_config.json")
-        records.append(
-            {
-                "allocation": label,
-                "experts per layer": counts,
-                **_scores(eval_dir, run),
-                "Trainable params": _metrics(train_dir, run)["trainable_params"],
-            }
-        )
+        record = {"allocation": label, "experts per layer": _experts_per_layer(train_dir / run / f"seed{seeds[0]}")}
+        for column in scores:
+            record |= results.score(run, column)
+        records.append(record | {TRAINABLE: parameters(train_dir, run, seeds)[TRAINABLE]})
     return pd.DataFrame.from_records(records)
 
 
-def temperature_table(rows: dict[str, str], eval_dir: Path, train_dir: Path) -> pd.DataFrame:
-    """Table 3: router temperature tau: the medical scores and the mean tau the adapter ends with (learned
-    or fixed)."""
+def temperature_table(results: Results, rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """Table 3: router temperature tau: the medical scores and the mean tau the adapters end with (learned
+    or fixed), over routers and seeds."""
     from medmoelora_eval.figures import read_temperatures
 
+    scores = results.available(MEDICAL, list(rows.values()))
     records = []
     for label, run in rows.items():
-        taus = read_temperatures(train_dir / run / "adapter_model.safetensors")
-        records.append({"tau": label, **_scores(eval_dir, run), "final tau (mean)": float(taus["tau"].mean())})
+        record: dict = {"tau": label}
+        for column in scores:
+            record |= results.score(run, column)
+        taus = [read_temperatures(train_dir / run / f"seed{seed}" / "adapter_model.safetensors") for seed in seeds]
+        record["final tau (mean)"] = float(pd.concat(taus)["tau"].mean())
+        records.append(record | {TRAINABLE: parameters(train_dir, run, seeds)[TRAINABLE]})
     return pd.DataFrame.from_records(records)
 
 
-def forgetting_table(rows: dict[str, str], eval_dir: Path, base: str) -> pd.DataFrame:
-    """Table 4: general skills after medical adaptation, against the base model."""
-    return pd.DataFrame.from_records(
-        [{"run": label, **_forgetting(eval_dir, run, base)} for label, run in rows.items()]
-    )
-
-
-def cost_table(rows: dict[str, str], train_dir: Path) -> pd.DataFrame:
-    """Table 5: parameters and training cost (timings vary between machines and runs)."""
+def forgetting_table(
+    results: Results, rows: dict[str, str], train_dir: Path, base: str, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Table 4: general skills after medical adaptation, each with its change against the base model."""
+    columns = results.available((*GENERAL, *GENERAL_CONTINUOUS), [*rows.values(), base])
     records = []
     for label, run in rows.items():
-        metrics = _metrics(train_dir, run)
+        record: dict = {"run": label}
+        for column in columns:
+            record |= results.score(run, column)
+        for column in columns:
+            record |= results.change(run, base, column)
+        records.append(record | {TRAINABLE: parameters(train_dir, run, seeds, base)[TRAINABLE]})
+    return pd.DataFrame.from_records(records)
+
+
+def cost_table(rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
+    """Table 5: parameters and training cost, timings averaged over seeds (they vary between machines)."""
+    records = []
+    for label, run in rows.items():
+        metrics = train_metrics(train_dir, run, seeds)
         records.append(
             {
                 "run": label,
-                "Trainable params": metrics["trainable_params"],
-                "Active params": metrics["active_params"],
-                "Tokens/s": metrics["tokens_per_second"],
-                "Peak memory MB": metrics["peak_memory_mb"],
-                "Wall time s": metrics["wall_time_s"],
+                **parameters(train_dir, run, seeds),
+                "Tokens/s": float(np.mean([m["tokens_per_second"] for m in metrics])),
+                "Peak memory MB": float(np.mean([m["peak_memory_mb"] for m in metrics])),
+                "Wall time s": float(np.mean([m["wall_time_s"] for m in metrics])),
             }
         )
     return pd.DataFrame.from_records(records)
 
 
-def _experts_per_layer(adapter_config: Path) -> str:
+def _experts_per_layer(run_dir: Path) -> str:
     """'2x20 + 8x10': the expert counts of consecutive layers, from the adapter's config."""
-    modules = json.loads(adapter_config.read_text(encoding="utf-8"))["modules"].values()
+    modules = json.loads((run_dir / "adapter_config.json").read_text(encoding="utf-8"))["modules"].values()
     per_layer = {module["layer"]: module["num_experts"] for module in modules}
     runs: list[list[int]] = []
     for _, count in sorted(per_layer.items()):
@@ -133,8 +239,35 @@ def _experts_per_layer(adapter_config: Path) -> str:
     return " + ".join(f"{count}x{length}" for count, length in runs)
 
 
+def score_labels(table: pd.DataFrame) -> list[str]:
+    """The columns of ``table`` that carry an interval (each has ``_lo`` and ``_hi`` beside it)."""
+    return [c for c in table.columns if f"{c}{LOW}" in table.columns and f"{c}{HIGH}" in table.columns]
+
+
+def decimals(label: str) -> int:
+    """Accuracy (points) to 1 decimal; log-probabilities, Brier scores and bits per byte to 3."""
+    continuous = ("logprob", "Brier", "bits/byte")
+    return 3 if any(word in label for word in continuous) else 1
+
+
+def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading: ``31.2 [27.0, 35.5]`` for a score with its interval, the bounds' columns
+    folded in, parameter counts in millions."""
+    shown = table.drop(columns=[c + suffix for c in score_labels(table) for suffix in (LOW, HIGH)])
+    for label in score_labels(table):
+        places = decimals(label)
+        shown[label] = [
+            f"{value:.{places}f} [{lo:.{places}f}, {hi:.{places}f}]"
+            for value, lo, hi in zip(table[label], table[label + LOW], table[label + HIGH], strict=True)
+        ]
+    for column in (TRAINABLE, ACTIVE):
+        if column in shown.columns:
+            shown[column] = [f"{value / 1e6:.2f}M" for value in table[column]]
+    return shown
+
+
 def write_csv(table: pd.DataFrame, out: Path) -> None:
-    atomic.write_text(out, table.round(4).to_csv(index=False, lineterminator="\n"))
+    write_atomic(out, table.round(4).to_csv(index=False, lineterminator="\n"))
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -145,26 +278,38 @@ def _pairs(values: list[str]) -> dict[str, str]:
     return rows
 
 
-BUILDERS: dict[str, Callable[[argparse.Namespace], pd.DataFrame]] = {
-    "main": lambda a: main_table(_pairs(a.rows), a.eval_dir, a.train_dir, a.base),
-    "allocation": lambda a: allocation_table(_pairs(a.rows), a.eval_dir, a.train_dir),
-    "temperature": lambda a: temperature_table(_pairs(a.rows), a.eval_dir, a.train_dir),
-    "forgetting": lambda a: forgetting_table(_pairs(a.rows), a.eval_dir, a.base),
-    "cost": lambda a: cost_table(_pairs(a.rows), a.train_dir),
+def _results(args: argparse.Namespace, runs: list[str]) -> Results:
+    return Results(args.eval_dir, runs, args.seeds, args.resamples, args.seed)
+
+
+BUILDERS: dict[str, Callable[[argparse.Namespace, dict[str, str]], pd.DataFrame]] = {
+    "main": lambda a, rows: main_table(_results(a, [*rows.values(), a.base]), rows, a.train_dir, a.base, a.seeds),
+    "allocation": lambda a, rows: allocation_table(_results(a, list(rows.values())), rows, a.train_dir, a.seeds),
+    "temperature": lambda a, rows: temperature_table(_results(a, list(rows.values())), rows, a.train_dir, a.seeds),
+    "forgetting": lambda a, rows: forgetting_table(
+        _results(a, [*rows.values(), a.base]), rows, a.train_dir, a.base, a.seeds
+    ),
+    "cost": lambda a, rows: cost_table(rows, a.train_dir, a.seeds),
 }
 
 
-@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.tables", description=__doc__.split("\n")[0])
     parser.add_argument("table", choices=BUILDERS)
     parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=RUN", help="rows in order")
     parser.add_argument("--base", default="base", help="the base model's run (for change columns)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds to pool (seed<k>/)")
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     parser.add_argument("--train-dir", type=Path, default=Path("results/train"))
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per interval")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap draws")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    table = BUILDERS[args.table](args)
+    try:
+        table = BUILDERS[args.table](args, _pairs(args.rows))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     write_csv(table, args.out)
     print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
     return 0
