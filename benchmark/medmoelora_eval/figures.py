@@ -110,6 +110,7 @@ def claims_plot(claims: pd.DataFrame) -> plt.Figure:
         ax.axvline(0, color="black", linewidth=0.8)
         labels = [f"{r.claim} {scope_label(r.scope)}: {r.comparison}" for r in rows.itertuples(index=False)]
         ax.set(yticks=positions, xlabel=f"difference, {METRICS[metric].label}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.set_yticklabels(labels, fontsize="small")
         if stated.any():
             ax.legend(fontsize="small")

@@ -94,7 +94,9 @@ def tables_section(tables: Sequence[Path], reported: pd.DataFrame, paper_base_mo
         "Every score is the estimate over all seeds and documents with its 95% interval in brackets, "
         "`31.2 [27.0, 35.5]`; a change is the run minus the base model on the same documents, with the "
         "interval of that paired difference. The CSVs hold the same numbers, the bounds in `_lo` / `_hi` "
-        f"columns. {INTERVAL_METHOD.format(resamples=RESAMPLES, seed=SEED)}",
+        f"columns. {INTERVAL_METHOD.format(resamples=RESAMPLES, seed=SEED)} A score of 0 or 100% gets an "
+        "interval of zero width (every resample of its documents scores the same): read it with its document "
+        "count (section Precision).",
         "",
     ]
     if not paper_base_model:

@@ -252,7 +252,7 @@ def decimals(label: str) -> int:
 
 def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: ``31.2 [27.0, 35.5]`` for a score with its interval, the bounds' columns
-    folded in, parameter counts in millions."""
+    folded in, parameter counts in millions, other numbers to four significant digits."""
     shown = table.drop(columns=[c + suffix for c in score_labels(table) for suffix in (LOW, HIGH)])
     for label in score_labels(table):
         places = decimals(label)
@@ -263,6 +263,9 @@ def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
     for column in (TRAINABLE, ACTIVE):
         if column in shown.columns:
             shown[column] = [f"{value / 1e6:.2f}M" for value in table[column]]
+    for column in shown.columns:  # other measurements (tau, timings): four significant digits
+        if shown[column].dtype.kind == "f":
+            shown[column] = [f"{value:.4g}" for value in shown[column]]
     return shown
 
 

@@ -131,11 +131,12 @@ def test_columns_the_results_do_not_carry_are_left_out(dirs: tuple[Path, Path], 
 def test_markdown_cells_show_the_interval_in_brackets() -> None:
     table = pd.DataFrame(
         {"run": ["a"], "MedQA": [31.23], "MedQA_lo": [27.0], "MedQA_hi": [35.49], "Medical Brier": [0.61234],
-         "Medical Brier_lo": [0.5], "Medical Brier_hi": [0.7], "Trainable params": [15_250_000]}
+         "Medical Brier_lo": [0.5], "Medical Brier_hi": [0.7], "Trainable params": [15_250_000],
+         "final tau (mean)": [1.001123]}
     )  # fmt: skip
     shown = tables.markdown_cells(table)
-    assert list(shown.columns) == ["run", "MedQA", "Medical Brier", "Trainable params"]
-    assert shown.iloc[0].tolist() == ["a", "31.2 [27.0, 35.5]", "0.612 [0.500, 0.700]", "15.25M"]
+    assert list(shown.columns) == ["run", "MedQA", "Medical Brier", "Trainable params", "final tau (mean)"]
+    assert shown.iloc[0].tolist() == ["a", "31.2 [27.0, 35.5]", "0.612 [0.500, 0.700]", "15.25M", "1.001"]
 
 
 def test_cli_writes_interval_columns_and_fails_in_one_line(dirs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
