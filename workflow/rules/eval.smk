@@ -3,7 +3,9 @@
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
 # samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
-# one-sided: the first 20 PubMedQA test questions are all "yes").
+# one-sided: the first 20 PubMedQA test questions are all "yes"). --log_samples keeps every document's
+# outcome: results/eval/{model}/<task>.samples.jsonl (loglikelihood per choice, correct or not), so that two
+# runs can be compared document by document.
 
 
 rule eval_samples:
