@@ -79,8 +79,7 @@ def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
             offset = (index - (len(columns) - 1) / 2) * width
             ax.bar(positions + offset, table[column], width=width, yerr=error, capsize=3, label=column)
         ax.axhline(0, color="black", linewidth=0.8)
-        unit = "points" if columns is accuracy else columns[0].removesuffix(" change").split()[-1]
-        ax.set(xticks=positions, ylabel=f"change vs base ({unit})")
+        ax.set(xticks=positions, ylabel="change vs base (points)" if columns is accuracy else "change vs base")
         ax.set_xticklabels(table["run"])
         ax.legend(fontsize="small")
     fig.suptitle("Forgetting of general skills (95% intervals)")

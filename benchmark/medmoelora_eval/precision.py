@@ -24,12 +24,11 @@ from collections.abc import Mapping
 import pandas as pd
 from scipy.stats import norm
 
-from medmoelora.errors import UserError
+from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_MMLU, EVAL_TASKS, MMLU_MEDICAL_SUBJECTS
 from medmoelora_eval.samples import MMLU_GENERAL, scope_tasks
 from medmoelora_eval.stats import CONFIDENCE, minimum_detectable_effect
-from medmoelora_eval.tables import GENERAL, MEDICAL
-
-ACCURACY_COLUMNS = [column for column in (*MEDICAL, *GENERAL) if column.metric == "accuracy"]
+from medmoelora_eval.tables import general_columns, medical_columns
 
 
 def standard_error(counts: Mapping[str, int], tasks: tuple[str, ...], variance: float) -> float:
@@ -43,11 +42,14 @@ def expected_precision(counts: Mapping[str, int], p: float = 0.5, discordant: fl
     score and the difference between two runs detectable with 80% power, in points (two independent
     binomials, or paired with a ``discordant`` share of documents on which the runs disagree)."""
     counts = dict(counts)
-    if MMLU_GENERAL not in counts and {"mmlu", "mmlu_medical"} <= set(counts):
-        counts[MMLU_GENERAL] = counts["mmlu"] - counts["mmlu_medical"]  # MMLU less its medical subjects
+    medical_part = next(task.name for task in EVAL_TASKS.values() if set(task.subjects) == set(MMLU_MEDICAL_SUBJECTS))
+    if MMLU_GENERAL not in counts and {EVAL_MMLU.name, medical_part} <= set(counts):
+        counts[MMLU_GENERAL] = counts[EVAL_MMLU.name] - counts[medical_part]  # MMLU less its medical subjects
     z = norm.ppf((1 + CONFIDENCE) / 2)
     rows = []
-    for column in ACCURACY_COLUMNS:
+    for column in (*medical_columns(), *general_columns()):
+        if column.metric != "accuracy":
+            continue
         tasks = scope_tasks(column.scope)
         if not set(tasks) <= set(counts):
             continue
@@ -76,6 +78,7 @@ def _parse(pairs: list[str]) -> dict[str, int]:
     return counts
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.precision", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -84,15 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p", type=float, default=0.5, help="the accuracy assumed (0.5: the widest intervals)")
     parser.add_argument("--discordant", type=float, help="paired: share of documents on which two runs disagree")
     args = parser.parse_args(argv)
-    try:
-        if not 0 < args.p < 1:
-            raise UserError(f"--p {args.p}: an accuracy strictly between 0 and 1")
-        if args.discordant is not None and not 0 < args.discordant <= 1:
-            raise UserError(f"--discordant {args.discordant}: a share of documents in (0, 1]")
-        table = expected_precision(_parse(args.counts), args.p, args.discordant)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not 0 < args.p < 1:
+        raise UserError(f"--p {args.p}: an accuracy strictly between 0 and 1")
+    if args.discordant is not None and not 0 < args.discordant <= 1:
+        raise UserError(f"--discordant {args.discordant}: a share of documents in (0, 1]")
+    table = expected_precision(_parse(args.counts), args.p, args.discordant)
     print(table.to_markdown(index=False))
     return 0
 

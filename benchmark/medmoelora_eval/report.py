@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medmoelora.errors import UserError
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
 from medmoelora_eval.claims import expert_shares, render_claims
 from medmoelora_eval.precision import expected_precision
-from medmoelora_eval.results import write_atomic
 from medmoelora_eval.samples import load_samples
 from medmoelora_eval.stats import INTERVAL_METHOD, RESAMPLES, SEED
 from medmoelora_eval.tables import HIGH, LOW, decimals, markdown_cells, score_labels
@@ -283,6 +283,7 @@ def render(args: argparse.Namespace, reported: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.report", description=__doc__.split("\n")[0])
     parser.add_argument("--tables", type=Path, nargs="+", required=True)
@@ -302,16 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-dir", type=Path, default=Path("results/train"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        for path in [*args.tables, args.claims, *args.figures, args.reported]:
-            if not path.is_file():
-                raise UserError(f"{path} not found; build it first (`snakemake all` makes every input of the report)")
-        reported = pd.read_csv(args.reported, comment="#").fillna({"note": ""})
-        text = render(args, reported)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_atomic(args.out, text)
+    for path in [*args.tables, args.claims, *args.figures, args.reported]:
+        if not path.is_file():
+            raise UserError(f"{path} not found; build it first (`snakemake all` makes every input of the report)")
+    reported = pd.read_csv(args.reported, comment="#").fillna({"note": ""})
+    atomic.write_text(args.out, render(args, reported))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

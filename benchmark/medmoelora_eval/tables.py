@@ -34,14 +34,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medmoelora.errors import UserError
-from medmoelora_eval.results import write_atomic
-from medmoelora_eval.samples import MEDICAL_AVERAGE, MMLU_GENERAL, has_metric, load_samples, strata
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_TASKS, MMLU_MEDICAL_SUBJECTS, EvalTask
+from medmoelora_eval.samples import (
+    MEDICAL_AVERAGE,
+    METRICS,
+    MMLU_GENERAL,
+    has_metric,
+    load_samples,
+    scope_label,
+    strata,
+)
 from medmoelora_eval.stats import RESAMPLES, SEED, bootstrap, estimate, percentile_interval
 
 LOW, HIGH = "_lo", "_hi"  # suffixes of a column's interval bounds in the CSVs
 CHANGE = " change"
 TRAINABLE = "Trainable params"
+MEDICAL_AVERAGE_LABEL = scope_label(MEDICAL_AVERAGE)
 ACTIVE = "Active params"
 
 
@@ -55,22 +65,45 @@ class Column:
     metric: str = "accuracy"
 
 
-MEDICAL = (
-    Column("MedQA", "medqa"),
-    Column("PubMedQA", "pubmedqa"),
-    Column("MMLU-medical", "mmlu_medical"),
-    Column("Medical avg", MEDICAL_AVERAGE),
-)
+def _score_metric(task: EvalTask) -> str:
+    """The per-document metric behind a task's score: lm-eval's metric name where the samples module has
+    it (bits_per_byte), else accuracy (acc, exact_match)."""
+    name = task.metric.partition(",")[0]
+    return name if name in METRICS else "accuracy"
+
+
+def _label(task: EvalTask) -> str:
+    return task.label if _score_metric(task) == "accuracy" else f"{task.label} {METRICS[_score_metric(task)].label}"
+
+
+def medical_columns() -> tuple[Column, ...]:
+    """The registry's medical tasks, then their mean (the medical average)."""
+    tasks = [task for task in EVAL_TASKS.values() if task.domain == "medical"]
+    return (*(Column(task.label, task.name) for task in tasks), Column(MEDICAL_AVERAGE_LABEL, MEDICAL_AVERAGE))
+
+
 MEDICAL_CONTINUOUS = (
     Column("Medical gold logprob", MEDICAL_AVERAGE, "gold_logprob"),
     Column("Medical Brier", MEDICAL_AVERAGE, "brier"),
 )
-GENERAL = (
-    Column("GSM8K", "gsm8k"),
-    Column("MMLU-general", MMLU_GENERAL),
-    Column("General LM bits/byte", "general_lm", "bits_per_byte"),
-)
-GENERAL_CONTINUOUS = (Column("MMLU-general gold logprob", MMLU_GENERAL, "gold_logprob"),)
+
+
+def general_columns() -> tuple[Column, ...]:
+    """The forgetting probes: the registry's general tasks except MMLU as a whole, whose medical subjects
+    are medical tasks; its non-medical part, MMLU-general, is the probe (a registry task of its own, or
+    derived from MMLU's results less the medical subjects)."""
+    tasks = [
+        task
+        for task in EVAL_TASKS.values()
+        if task.domain == "general" and not set(task.subjects) & set(MMLU_MEDICAL_SUBJECTS)
+    ]
+    columns = tuple(Column(_label(task), task.name, _score_metric(task)) for task in tasks)
+    if MMLU_GENERAL not in EVAL_TASKS:
+        columns = (*columns, Column(scope_label(MMLU_GENERAL), MMLU_GENERAL))
+    return columns
+
+
+GENERAL_CONTINUOUS = (Column(f"{scope_label(MMLU_GENERAL)} gold logprob", MMLU_GENERAL, "gold_logprob"),)
 
 
 def interval_columns(label: str) -> list[str]:
@@ -151,8 +184,8 @@ def main_table(
 ) -> pd.DataFrame:
     """Table 1: every method beside the base model; forgetting as each general score's change."""
     runs = list(rows.values())
-    scores = results.available((*MEDICAL, *MEDICAL_CONTINUOUS, *GENERAL), [*runs, base])
-    general = [column for column in scores if column in GENERAL]
+    scores = results.available((*medical_columns(), *MEDICAL_CONTINUOUS, *general_columns()), [*runs, base])
+    general = [column for column in scores if column in general_columns()]
     records = []
     for label, run in rows.items():
         record: dict = {"run": label}
@@ -166,7 +199,7 @@ def main_table(
 
 def allocation_table(results: Results, rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
     """Table 2: expert allocation across layers (uniform, asymmetric, inverted)."""
-    scores = results.available(MEDICAL, list(rows.values()))
+    scores = results.available(medical_columns(), list(rows.values()))
     records = []
     for label, run in rows.items():
         record = {"allocation": label, "experts per layer": _experts_per_layer(train_dir / run / f"seed{seeds[0]}")}
@@ -181,7 +214,7 @@ def temperature_table(results: Results, rows: dict[str, str], train_dir: Path, s
     or fixed), over routers and seeds."""
     from medmoelora_eval.figures import read_temperatures
 
-    scores = results.available(MEDICAL, list(rows.values()))
+    scores = results.available(medical_columns(), list(rows.values()))
     records = []
     for label, run in rows.items():
         record: dict = {"tau": label}
@@ -197,7 +230,7 @@ def forgetting_table(
     results: Results, rows: dict[str, str], train_dir: Path, base: str, seeds: Sequence[int]
 ) -> pd.DataFrame:
     """Table 4: general skills after medical adaptation, each with its change against the base model."""
-    columns = results.available((*GENERAL, *GENERAL_CONTINUOUS), [*rows.values(), base])
+    columns = results.available((*general_columns(), *GENERAL_CONTINUOUS), [*rows.values(), base])
     records = []
     for label, run in rows.items():
         record: dict = {"run": label}
@@ -246,7 +279,7 @@ def score_labels(table: pd.DataFrame) -> list[str]:
 
 def decimals(label: str) -> int:
     """Accuracy (points) to 1 decimal; log-probabilities, Brier scores and bits per byte to 3."""
-    continuous = ("logprob", "Brier", "bits/byte")
+    continuous = ("logprob", "Brier", "bits")
     return 3 if any(word in label for word in continuous) else 1
 
 
@@ -270,7 +303,7 @@ def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(table: pd.DataFrame, out: Path) -> None:
-    write_atomic(out, table.round(4).to_csv(index=False, lineterminator="\n"))
+    atomic.write_text(out, table.round(4).to_csv(index=False, lineterminator="\n"))
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -296,6 +329,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace, dict[str, str]], pd.DataFrame]
 }
 
 
+@command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.tables", description=__doc__.split("\n")[0])
     parser.add_argument("table", choices=BUILDERS)
@@ -308,11 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap draws")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        table = BUILDERS[args.table](args, _pairs(args.rows))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    table = BUILDERS[args.table](args, _pairs(args.rows))
     write_csv(table, args.out)
     print(f"wrote {args.out} ({len(table)} rows)", file=sys.stderr)
     return 0

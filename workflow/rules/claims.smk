@@ -11,11 +11,11 @@ rule claims:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
     log:
         "logs/claims/claims.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         runs=row_args(CLAIM_RUNS),
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.claims --runs {params.runs} --seeds {params.seeds} --routing {input.routing}"
         " --out {output} 2> {log}"

@@ -12,12 +12,12 @@ rule table1:
         report("results/table1.csv", caption="../report/table1.rst", category="Tables"),
     log:
         "logs/table1/table1.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args([BASE_RUN, *MAIN_RUNS]),
         base=BASE_RUN,
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables main --rows {params.rows} --base {params.base} --seeds {params.seeds}"
         " --out {output} 2> {log}"
@@ -32,11 +32,11 @@ rule table2:
         report("results/table2.csv", caption="../report/table2.rst", category="Tables"),
     log:
         "logs/table2/table2.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args(ALLOCATION),
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables allocation --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
@@ -50,11 +50,11 @@ rule table3:
         report("results/table3.csv", caption="../report/table3.rst", category="Tables"),
     log:
         "logs/table3/table3.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args(TEMPERATURE),
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables temperature --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
@@ -67,12 +67,12 @@ rule table4:
         report("results/table4.csv", caption="../report/table4.rst", category="Tables"),
     log:
         "logs/table4/table4.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args(FORGETTING),
         base=BASE_RUN,
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables forgetting --rows {params.rows} --base {params.base}"
         " --seeds {params.seeds} --out {output} 2> {log}"
@@ -85,11 +85,11 @@ rule table5:
         report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
     log:
         "logs/table5/table5.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         rows=row_args(MAIN_RUNS),
         seeds=seed_args(),
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.tables cost --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
@@ -148,14 +148,14 @@ rule report:
         report("results/report.md", caption="../report/report_md.rst", category="Report"),
     log:
         "logs/report/report.log",
+    conda:
+        "../envs/medmoelora.yaml"
     params:
         runs=" ".join(RUNS),
         seeds=seed_args(),
         base=BASE_RUN,
         model=config["model"]["spec"],
         paper="--paper-base-model" if config["report"]["paper_base_model"] else "",
-    conda:
-        "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.report --tables {input.tables} --claims {input.claims} --figures {input.figures}"
         " --reported {input.reported} --runs {params.runs} --seeds {params.seeds} --base {params.base}"
