@@ -72,10 +72,6 @@ def _score_metric(task: EvalTask) -> str:
     return name if name in METRICS else "accuracy"
 
 
-def _label(task: EvalTask) -> str:
-    return task.label if _score_metric(task) == "accuracy" else f"{task.label} {METRICS[_score_metric(task)].label}"
-
-
 def medical_columns() -> tuple[Column, ...]:
     """The registry's medical tasks, then their mean (the medical average)."""
     tasks = [task for task in EVAL_TASKS.values() if task.domain == "medical"]
@@ -97,7 +93,7 @@ def general_columns() -> tuple[Column, ...]:
         for task in EVAL_TASKS.values()
         if task.domain == "general" and not set(task.subjects) & set(MMLU_MEDICAL_SUBJECTS)
     ]
-    columns = tuple(Column(_label(task), task.name, _score_metric(task)) for task in tasks)
+    columns = tuple(Column(task.label, task.name, _score_metric(task)) for task in tasks)
     if MMLU_GENERAL not in EVAL_TASKS:
         columns = (*columns, Column(scope_label(MMLU_GENERAL), MMLU_GENERAL))
     return columns
