@@ -182,6 +182,30 @@ def expert_share_rows(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]
     return shown.rename_axis("layer").reset_index()
 
 
+def base_share_rows(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """Layers x runs with base experts: the base experts' share of the routing weight of general tokens
+    and of medical tokens (routing_stats.json ``base_expert_share``), each the mean over seeds."""
+    columns = {}
+    for run in runs:
+        shares = [
+            _read_json(train_dir / run / f"seed{seed}" / "routing_stats.json").get("base_expert_share")
+            for seed in seeds
+        ]
+        if not all(shares):
+            continue
+        layers = {
+            int(layer): (
+                float(np.mean([seed["layers"][layer]["general"] for seed in shares])),
+                float(np.mean([seed["layers"][layer]["medical"] for seed in shares])),
+            )
+            for layer in shares[0]["layers"]
+        }
+        columns[f"{run} (general / medical)"] = {layer: f"{g:.2f} / {m:.2f}" for layer, (g, m) in layers.items()}
+    if not columns:
+        return pd.DataFrame()
+    return pd.DataFrame(columns).sort_index().fillna("").rename_axis("layer").reset_index()
+
+
 def temperature_rows(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
     """Per soft-routed run: the routers' tau at the end (mean, min, max over routers and seeds)."""
     from medmoelora_eval.figures import read_temperatures
@@ -222,6 +246,19 @@ def health_section(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]) -
     ]
     shares = expert_share_rows(train_dir, runs, seeds)
     lines += [shares.to_markdown(index=False, disable_numparse=True) if not shares.empty else "No soft-routed run.", ""]
+    base = base_share_rows(train_dir, runs, seeds)
+    lines += [
+        "### Base experts: general vs medical tokens",
+        "",
+        "The share of the routing weight that the base experts get from general-domain tokens and from "
+        "medical tokens, per layer (mean over seeds): knowledge preservation works where the general share "
+        "is the larger.",
+        "",
+        base.to_markdown(index=False, disable_numparse=True)
+        if not base.empty
+        else "Not measured: no run's routing_stats.json holds `base_expert_share`.",
+        "",
+    ]
     taus = temperature_rows(train_dir, runs, seeds)
     lines += [
         "### Router temperature",

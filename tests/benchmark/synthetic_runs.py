@@ -56,4 +56,8 @@ def write_train(
         shares = {f"model.layers.{layer}.mlp.up_proj": [largest_share - 0.1 * layer, rest, rest + 0.1 * layer]
                   for layer in range(LAYERS)}  # fmt: skip
         stats = routing_stats(shares) if taus else {"by_task": {}, "overall": {"layers": {}, "modules": {}}}
+        if heldout is not None and taus:  # a run of the training that also records the base experts' share
+            stats["base_expert_share"] = {
+                "layers": {str(layer): {"general": 0.5 + 0.1 * seed, "medical": 0.2} for layer in range(LAYERS)}
+            }
         (out / "routing_stats.json").write_text(json.dumps(stats))

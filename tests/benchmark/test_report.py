@@ -102,8 +102,12 @@ def test_training_health_reports_heldout_loss_expert_shares_and_tau(workdir: Pat
     gsm8k = next(line for line in lines if line.startswith("| med_moe_lora | gsm8k"))
     assert "0/2 seeds" in gsm8k
     # largest share per layer over seeds: 0.95 - 0.1 * layer; above 90% marked
-    shares = [line for line in lines if re.match(r"\| +\d +\|", line)]
+    largest = health.split("### Largest expert share")[1].split("###")[0].splitlines()
+    shares = [line for line in largest if re.match(r"\| +\d +\|", line)]
     assert [line.split("|")[2].strip() for line in shares] == ["0.95 !", "0.85", "0.75"]
+    base = health.split("### Base experts")[1].split("###")[0].splitlines()
+    assert [line.split("|")[2].strip() for line in base if re.match(r"\| +\d +\|", line)] == ["0.55 / 0.20"] * 3
+    assert "med_moe_lora (general / medical)" in health and "lora (general" not in health.replace("moe_lora", "")
     taus = health.split("### Router temperature")[1].splitlines()
     (tau,) = [line for line in taus if line.startswith("| med_moe_lora")]  # lora has no router
     assert "2.250" in tau  # taus 1 and 2, doubled in seed 1: mean 2.25
