@@ -11,12 +11,14 @@ documents, and its ``_lo`` / ``_hi`` columns are the 95% bootstrap interval over
 (`medmoelora_eval.stats.INTERVAL_METHOD`). A "change" column is the run minus the base model on the same
 documents (paired), with the interval of that difference.
 
-Accuracies are percent and their changes percentage points; the medical average is the mean of MedQA,
-PubMedQA and MMLU-medical. Beside accuracy, from the same requests: the gold answer's log-probability
-over the choices (nats, higher is better) and the Brier score (lower is better), averaged over the same
-three tasks. Forgetting is measured on GSM8K, MMLU outside the medical subjects (MMLU-general) and, where
-the results hold one, a general language-modelling probe in bits per byte (lower is better). A column
-whose documents the results do not carry (bits per byte without a rolling-loglikelihood task) is left out.
+The score columns are the task registry's (`medmoelora.tasks`): its medical tasks and their mean, the
+medical average (each task counting once); beside accuracy, from the same requests, the gold answer's
+log-probability over the choices (nats, higher is better) and the Brier score (lower is better) on the
+medical average; and its general tasks as forgetting probes, each with its change against the base
+model, except MMLU as a whole, which holds the medical subjects: MMLU-general (the other subjects) stands
+for it. Accuracies are percent and their changes percentage points; a loss such as bits per byte is shown
+as it is. A column whose fields the per-document results do not carry (gold log-probability without the
+choices' loglikelihoods) is left out; one that only some runs carry is an error.
 Training metrics (parameters, tau, cost) come from ``results/train/<run>/seed<k>/``: parameter counts
 are the same for every seed; timings and tau are means over the seeds.
 """
@@ -51,8 +53,8 @@ from medmoelora_eval.stats import RESAMPLES, SEED, bootstrap, estimate, percenti
 LOW, HIGH = "_lo", "_hi"  # suffixes of a column's interval bounds in the CSVs
 CHANGE = " change"
 TRAINABLE = "Trainable params"
-MEDICAL_AVERAGE_LABEL = scope_label(MEDICAL_AVERAGE)
 ACTIVE = "Active params"
+MEDICAL_AVERAGE_LABEL = scope_label(MEDICAL_AVERAGE)
 
 
 @dataclass(frozen=True)
