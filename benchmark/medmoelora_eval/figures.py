@@ -62,6 +62,15 @@ def interval_error(values: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarra
     return np.vstack([values - lo, hi - values])
 
 
+def unit(label: str) -> str:
+    """The unit of a continuous column: nats for a log-probability, bits per byte, or the measure's name."""
+    if "logprob" in label:
+        return "nats"
+    if "bits" in label:
+        return "bits/byte"
+    return label.removesuffix(" change")
+
+
 def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
     """Every general score's change against the base model with its 95% interval, one bar group per run:
     accuracies in one panel (percentage points), each continuous measure in a panel of its own unit."""
@@ -79,7 +88,7 @@ def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
             offset = (index - (len(columns) - 1) / 2) * width
             ax.bar(positions + offset, table[column], width=width, yerr=error, capsize=3, label=column)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set(xticks=positions, ylabel="change vs base (points)" if columns is accuracy else "change vs base")
+        ax.set(xticks=positions, ylabel=f"change vs base ({'points' if columns is accuracy else unit(columns[0])})")
         ax.set_xticklabels(table["run"])
         ax.legend(fontsize="small")
     fig.suptitle("Forgetting of general skills (95% intervals)")

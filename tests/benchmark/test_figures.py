@@ -43,7 +43,7 @@ def test_forgetting_bars_draw_each_interval_in_a_panel_per_unit() -> None:
         )
     (lm,) = bars(bits)
     assert np.allclose(error_bar_ends(lm), [(0.05, 0.2), (-0.04, 0.01)])
-    assert bits.get_ylabel() == "change vs base" and points.get_ylabel() == "change vs base (points)"
+    assert bits.get_ylabel() == "change vs base (bits/byte)" and points.get_ylabel() == "change vs base (points)"
 
 
 def test_forgetting_bars_need_interval_columns() -> None:
