@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.claims", description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     parser.add_argument("--runs", nargs="+", required=True, metavar="ROLE=RUN", help=f"roles: {', '.join(ROLES)}")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds to pool (seed<k>/); default: all")
     parser.add_argument("--routing", type=Path, nargs="*", default=[], help="Med-MoE-LoRA routing_stats.json files")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap and permutation resamples")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and permutation draws")
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resamples < 1:
         raise UserError(f"--resamples {args.resamples}: must be at least 1 (10000 is the default)")
     runs = resolve_roles(_parse_runs(args.runs))
-    samples = load_samples(args.eval_dir, runs.values())
+    samples = load_samples(args.eval_dir, runs.values(), args.seeds)
     table = claims_table(samples, runs, _read_routing(args.routing), CONFIDENCE, args.resamples, args.seed)
     section = render_claims(table)
     atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))

@@ -1,8 +1,12 @@
 """The paper's figures from the workflow's results (matplotlib, Agg backend: no display needed).
 
-python -m medmoelora_eval.figures routing results/train/med_moe_lora/routing_stats.json --out heatmap.png
+python -m medmoelora_eval.figures routing results/train/med_moe_lora/seed0/routing_stats.json --out heatmap.png
 python -m medmoelora_eval.figures forgetting results/table4.csv --out forgetting.png
-python -m medmoelora_eval.figures temperature results/train/med_moe_lora/adapter_model.safetensors --out tau.png
+python -m medmoelora_eval.figures temperature results/train/med_moe_lora/seed*/adapter_model.safetensors --out tau.png
+python -m medmoelora_eval.figures claims results/claims.csv --out claims.png
+
+Every figure that shows a score or a change draws its 95% interval (the ``_lo`` / ``_hi`` columns of the
+tables, ``ci_lo`` / ``ci_hi`` of the claims) as an error bar.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import pandas as pd
 
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
-from medmoelora.tasks import EVAL_TASKS
+from medmoelora_eval.samples import METRICS, scope_label
+from medmoelora_eval.stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from medmoelora_eval.tables import decimals
 
+VERDICT_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:grey"}
 LAYER = re.compile(r"layers\.(\d+)\.")
 TEMPERATURE_KEY = ".router.log_temperature"
 
@@ -50,26 +57,72 @@ def routing_heatmap(stats: dict) -> plt.Figure:
     return fig
 
 
+def interval_error(values: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
+    """(2, N) distances from each value down to its interval's low end and up to its high end (yerr)."""
+    return np.vstack([values - lo, hi - values])
+
+
+def unit(label: str) -> str:
+    """The unit of a continuous column: nats for a log-probability, bits per byte, or the measure's name."""
+    if "logprob" in label:
+        return "nats"
+    if "bits" in label:
+        return "bits/byte"
+    return label.removesuffix(" change")
+
+
 def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
-    """Every general score's change against the base model, one bar group per run: accuracies in
-    percentage points, and each score of another unit (the general LM probe's bits per byte: a rise is
-    forgetting) in a panel of its own."""
-    general = [task for task in EVAL_TASKS.values() if task.domain == "general" and task.in_tables]
-    panels = [([f"{task.label} change" for task in general if task.percent], "change vs base (points)")]
-    panels += [([f"{task.label} change"], f"change vs base ({task.label})") for task in general if not task.percent]
-    panels = [(columns, ylabel) for columns, ylabel in panels if columns and set(columns) <= set(table.columns)]
+    """Every general score's change against the base model with its 95% interval, one bar group per run:
+    accuracies in one panel (percentage points), each continuous measure in a panel of its own unit."""
+    changes = [c for c in table.columns if c.endswith(" change") and f"{c}_lo" in table.columns]
+    if not changes:
+        raise UserError("no ' change' column with _lo / _hi interval columns; pass the forgetting table (table4.csv)")
+    accuracy = [c for c in changes if decimals(c) == 1]
+    panels = [accuracy] * bool(accuracy) + [[c] for c in changes if c not in accuracy]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False, layout="constrained")
     positions = np.arange(len(table))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (columns, ylabel) in zip(axes[0], panels, strict=True):
+    for ax, columns in zip(axes[0], panels, strict=True):
         width = 0.8 / len(columns)
         for index, column in enumerate(columns):
-            ax.bar(positions + (index - (len(columns) - 1) / 2) * width, table[column], width=width, label=column)
+            error = interval_error(table[column], table[f"{column}_lo"], table[f"{column}_hi"])
+            offset = (index - (len(columns) - 1) / 2) * width
+            ax.bar(positions + offset, table[column], width=width, yerr=error, capsize=3, label=column)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set(ylabel=ylabel)
-        ax.set_xticks(positions, table["run"], rotation=30, ha="right")
-        ax.legend()
-    fig.suptitle("Forgetting of general skills")
-    fig.tight_layout()
+        ax.set(xticks=positions, ylabel=f"change vs base ({'points' if columns is accuracy else unit(columns[0])})")
+        ax.set_xticklabels(table["run"])
+        ax.legend(fontsize="small")
+    fig.suptitle("Forgetting of general skills (95% intervals)")
+    return fig
+
+
+def claims_plot(claims: pd.DataFrame) -> plt.Figure:
+    """Each claim's paired difference (favoured run minus the other) with its 95% interval, one panel per
+    metric; the paper's effect, where it states one, as a cross."""
+    measured = claims[claims["ci_lo"].notna() & claims["metric"].isin(list(METRICS))]
+    if measured.empty:
+        raise UserError("no claim with an interval in the claims table; pass results/claims.csv of a run")
+    metrics = list(dict.fromkeys(measured["metric"]))
+    height = 0.45 * len(measured) / len(metrics) + 1.5
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), height), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        rows = measured[measured["metric"] == metric].reset_index(drop=True)
+        positions = np.arange(len(rows))[::-1]  # the first claim on top
+        colours = [VERDICT_COLOURS.get(verdict, "grey") for verdict in rows["verdict"]]
+        error = interval_error(rows["difference"], rows["ci_lo"], rows["ci_hi"])
+        for y, x, low, high, colour in zip(positions, rows["difference"], *error, colours, strict=True):
+            ax.errorbar(x, y, xerr=[[low], [high]], fmt="o", color=colour, capsize=3)
+        stated = rows["paper_effect"].notna()
+        ax.scatter(
+            rows.loc[stated, "paper_effect"], positions[stated.to_numpy()], marker="x", color="black", label="paper"
+        )
+        ax.axvline(0, color="black", linewidth=0.8)
+        labels = [f"{r.claim} {scope_label(r.scope)}: {r.comparison}" for r in rows.itertuples(index=False)]
+        ax.set(yticks=positions, xlabel=f"difference, {METRICS[metric].label}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.set_yticklabels(labels, fontsize="small")
+        if stated.any():
+            ax.legend(fontsize="small")
+    fig.suptitle("Claims: our difference with its 95% interval (green supported, red contradicted, grey inconclusive)")
     return fig
 
 
@@ -89,7 +142,7 @@ def read_temperatures(adapter: Path) -> pd.DataFrame:
 
 
 def temperature_plot(taus: pd.DataFrame) -> plt.Figure:
-    """Every router's tau by layer (points) and the layer mean (line)."""
+    """Every router's tau by layer (points; of every seed's adapter) and the layer mean (line)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.scatter(taus["layer"], taus["tau"], s=10, alpha=0.5, label="router")
     means = taus.groupby("layer")["tau"].mean()
@@ -111,18 +164,28 @@ def save(fig: plt.Figure, out: Path) -> None:
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.figures", description=__doc__.split("\n")[0])
-    parser.add_argument("figure", choices=("routing", "forgetting", "temperature"))
-    parser.add_argument("source", type=Path, help="routing_stats.json, table4.csv, or adapter_model.safetensors")
+    parser.add_argument("figure", choices=("routing", "forgetting", "temperature", "claims"))
+    parser.add_argument(
+        "source",
+        type=Path,
+        nargs="+",
+        help="routing_stats.json, table4.csv, claims.csv, or adapter_model.safetensors (one per seed)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if not args.source.is_file():
-        raise UserError(f"{args.source} not found; pass the {args.figure} figure's input (see --help)")
-    if args.figure == "routing":
-        fig = routing_heatmap(json.loads(args.source.read_text(encoding="utf-8")))
+    missing = [path for path in args.source if not path.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} not found; pass the {args.figure} figure's input (see --help)")
+    if args.figure == "temperature":
+        fig = temperature_plot(pd.concat([read_temperatures(path) for path in args.source], ignore_index=True))
+    elif len(args.source) != 1:
+        raise UserError(f"the {args.figure} figure takes one input file, got {len(args.source)}")
+    elif args.figure == "routing":
+        fig = routing_heatmap(json.loads(args.source[0].read_text(encoding="utf-8")))
     elif args.figure == "forgetting":
-        fig = forgetting_bars(pd.read_csv(args.source))
+        fig = forgetting_bars(pd.read_csv(args.source[0]))
     else:
-        fig = temperature_plot(read_temperatures(args.source))
+        fig = claims_plot(pd.read_csv(args.source[0]))
     save(fig, args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -50,22 +50,24 @@ COLUMNS = ("run", "seed", "file", *REQUIRED_FIELDS, *OPTIONAL_FIELDS)
 UNSEEDED = 0  # the seed label of a run evaluated without seed directories
 
 
-def load_samples(eval_dir: Path, runs: Iterable[str]) -> pd.DataFrame:
+def load_samples(eval_dir: Path, runs: Iterable[str], seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """Every per-document record of ``runs``: one row per (run, seed, task file, document).
 
     Columns: run, seed (k of ``seed<k>``; 0 for a run without seed directories), file (our task name,
     from the file name: medqa, mmlu_medical, ...), task (lm-eval's), doc_id, correct, gold,
-    loglikelihoods, loglikelihood, bytes (missing fields are null).
+    loglikelihoods, loglikelihood, bytes (missing fields are null). ``seeds``: read only these seed
+    directories of a run that has them (a stale ``seed<k>/`` of an earlier config is left out), and
+    require every one of them.
     """
     frames = []
     for run in dict.fromkeys(runs):
-        for seed, path in _sample_files(eval_dir, run):
+        for seed, path in _sample_files(eval_dir, run, None if seeds is None else list(seeds)):
             frame = _read_records(path).assign(run=run, seed=seed, file=path.name.removesuffix(SUFFIX))
             frames.append(frame)
     return pd.concat(frames, ignore_index=True).reindex(columns=list(COLUMNS))
 
 
-def _sample_files(eval_dir: Path, run: str) -> list[tuple[int, Path]]:
+def _sample_files(eval_dir: Path, run: str, seeds: list[int] | None = None) -> list[tuple[int, Path]]:
     run_dir = eval_dir / run
     if not run_dir.is_dir():
         raise UserError(f"no evaluation results for run {run!r}: {run_dir} does not exist; evaluate the run first")
@@ -81,6 +83,11 @@ def _sample_files(eval_dir: Path, run: str) -> list[tuple[int, Path]]:
             f"{run_dir} holds per-document results both directly and in seed<k>/ directories; "
             "remove the stale ones (results of one layout only)"
         )
+    if seeds is not None and seeded:
+        missing = sorted(set(seeds) - {seed for seed, _ in seeded})
+        if missing:
+            raise UserError(f"no per-document results under {run_dir}/seed{missing[0]}; evaluate that seed first")
+        seeded = [(seed, path) for seed, path in seeded if seed in seeds]
     found = [(UNSEEDED, path) for path in flat] or seeded
     if not found:
         raise UserError(

@@ -187,6 +187,8 @@ def sign_flip_p_value(
     _check_paired(strata_a, strata_b)
     a = np.concatenate([s.numerator.mean(axis=0) for s in strata_a])  # (D,)
     b = np.concatenate([s.numerator.mean(axis=0) for s in strata_b])
+    if len(a) < 2:  # one document: both sign flips give the same |difference|, so p = 1 (scipy needs two)
+        return 1.0
     # bytes (or 1) per document: a property of the document, so the same for both runs
     denominators = [
         (sa.denominator.mean(axis=0) + sb.denominator.mean(axis=0)) / 2

@@ -36,7 +36,8 @@ def entry_points() -> list[str]:
 
 def test_every_entry_point_and_the_cli_use_the_shared_convention() -> None:
     names = entry_points()
-    expected = {"claims", "figures", "perf_layer", "perf_model", "perf_report", "report", "results", "stats", "tables"}
+    expected = {"claims", "figures", "perf_layer", "perf_model", "perf_report", "precision", "report", "results"}
+    expected |= {"stats", "tables"}
     assert expected <= set(names)
     for name in names:
         main = importlib.import_module(f"medmoelora_eval.{name}").main
@@ -50,16 +51,19 @@ def no_tensors_of_tau(tmp: Path) -> Path:
     return path
 
 
+REPORT_ARGUMENTS = ["--claims", "c.csv", "--reported", "x.csv", "--runs", "lora", "--model", "m"]
 # (module, arguments given tmp_path, what the error line must name)
 CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("results", lambda t: ["samples", "--data", str(t), "--limits", "medqa=1", "--out", str(t / "o")], "no limit for"),
     ("results", lambda t: ["samples", "--data", str(t), "--limits", "medqa=abc", "--out", str(t / "o")], "'medqa=abc'"),
     ("results", lambda t: ["samples", "--data", str(t), "--limits", "medq=1", "--out", str(t / "o")], "'medqa'"),
     ("results", lambda t: ["split", str(t), "--run", "lora", "--out", str(t / "o")], "results_*.json"),
-    ("tables", lambda t: ["main", "--rows", "base", "--eval-dir", str(t), "--out", str(t / "o")], "base/medqa.json"),
+    ("tables", lambda t: ["main", "--rows", "base", "--eval-dir", str(t), "--out", str(t / "o")], "run 'base'"),
+    ("tables", lambda t: ["cost", "--rows", "lora", "--train-dir", str(t), "--out", str(t / "o")], "seed0"),
     ("figures", lambda t: ["routing", str(t / "routing_stats.json"), "--out", str(t / "o")], "routing_stats.json"),
     ("figures", lambda t: ["temperature", str(no_tensors_of_tau(t)), "--out", str(t / "o")], "log_temperature"),
-    ("report", lambda t: ["--tables", str(t / "table1.csv"), "--reported", "x.csv", "--out", str(t / "o")], "table1"),
+    ("report", lambda t: [*REPORT_ARGUMENTS, "--tables", str(t / "table1.csv"), "--out", str(t / "o")], "table1"),
+    ("precision", lambda t: ["medqa=0"], "'medqa=0'"),
     ("perf_report", lambda t: ["--layer", str(t / "l.csv"), "--model", "m", "--out", "o", "--figure", "f"], "l.csv"),
     ("perf_model", lambda t: ["--model", str(t), "--out", str(t / "o")], "not a model directory"),
 ]

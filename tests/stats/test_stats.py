@@ -218,6 +218,13 @@ def test_two_documents_that_favour_one_run_are_not_enough():
     assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
+def test_one_document_gives_p_1_and_no_verdict():
+    # the exact test of one document: its two sign flips are equally extreme (scipy refuses one observation)
+    result = paired_comparison([stratum([1.0])], [stratum([0.0])], resamples=RESAMPLES)
+    assert result.p_value == 1.0 and result.difference == 1.0
+    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
+
+
 def test_shifted_test_is_the_test_of_the_tolerance():
     rng = np.random.default_rng(SEED)
     b = rng.normal(size=400)

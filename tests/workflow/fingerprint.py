@@ -79,13 +79,15 @@ def train_fingerprint(train_dir: Path) -> dict[str, Any]:
     return found
 
 
-def fingerprint(workdir: Path, runs: list[str], base_run: str = "base") -> dict[str, Any]:
-    """Every run's fingerprint in a workflow directory; ``base_run`` is evaluated, not trained."""
+def fingerprint(workdir: Path, runs: list[str], base_run: str = "base", seed: int = 0) -> dict[str, Any]:
+    """Every run's fingerprint in a workflow directory, of one training seed (``seed<k>/``); ``base_run``
+    is evaluated once, not trained."""
     found: dict[str, Any] = {}
     for run in runs:
-        found[run] = {"eval": eval_fingerprint(workdir / "results" / "eval" / run)}
+        seeded = Path(run) if run == base_run else Path(run, f"seed{seed}")
+        found[run] = {"eval": eval_fingerprint(workdir / "results" / "eval" / seeded)}
         if run != base_run:
-            found[run]["train"] = train_fingerprint(workdir / "results" / "train" / run)
+            found[run]["train"] = train_fingerprint(workdir / "results" / "train" / seeded)
     return found
 
 

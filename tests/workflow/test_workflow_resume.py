@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not RAW_DATA.is_dir(), reason=f"raw benchmark data not found at {RAW_DATA}"),
 ]
-RUN = Path("results/train/lora")
+RUN = Path("results/train/lora/seed0")
 ADAPTER = str(RUN / "adapter_model.safetensors")
 MAX_STEPS = 40
 LONGER = f"training:\n  max_steps: {MAX_STEPS}\n  save_steps: 2\n  save_total_limit: 1\n"
@@ -85,14 +85,14 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(tmp_path: Path) -> No
 
     resumed = snakemake(workdir, ADAPTER, *ARGS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = (workdir / "logs/train/lora.log").read_text()
-    assert "note: resuming from results/train/lora/checkpoints/checkpoint-" in log, log[-3000:]
+    log = (workdir / "logs/train/lora/seed0.log").read_text()
+    assert "note: resuming from results/train/lora/seed0/checkpoints/checkpoint-" in log, log[-3000:]
     assert log_steps(workdir) == list(range(1, MAX_STEPS + 1)), "every step logged once"
     resumed_adapter = load_file(workdir / ADAPTER)
 
     shutil.rmtree(workdir / RUN)  # the same job again, uninterrupted
     straight = snakemake(workdir, ADAPTER, *ARGS)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert "resuming" not in (workdir / "logs/train/lora.log").read_text()
+    assert "resuming" not in (workdir / "logs/train/lora/seed0.log").read_text()
     for name, tensor in load_file(workdir / ADAPTER).items():
         torch.testing.assert_close(resumed_adapter[name], tensor, rtol=0, atol=1e-6, msg=name)

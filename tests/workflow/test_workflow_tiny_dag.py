@@ -1,8 +1,12 @@
-"""The whole table1 DAG end to end on config/tiny.yaml and the real raw data, in a scratch directory.
+"""The whole workflow (`all`) end to end on config/tiny.yaml and the real raw data, in a scratch directory.
 
-- results/table1.csv matches the committed golden file: parameter counts exactly, scores within
-  SCORE_TOLERANCE percentage points (equal at the CSV's 4 decimals; a different CPU or torch build can
-  flip a near-tied answer of the random tiny model: regenerate with MEDMOE_UPDATE_GOLDEN=1 and review).
+- results/table1.csv matches the committed golden file: parameter counts exactly, scores and their
+  interval bounds within SCORE_TOLERANCE percentage points (equal at the CSV's 4 decimals; a different CPU
+  or torch build can flip a near-tied answer of the random tiny model: regenerate with
+  MEDMOE_UPDATE_GOLDEN=1 and review).
+- Intervals: every score and change of tables 1-4 has `_lo` / `_hi` columns with lo <= score <= hi.
+- Claims: results/claims.csv has a verdict for every claim of the paper, and results/report.md opens
+  with them; `snakemake --report results/report.html` builds Snakemake's own report of the same run.
 - The method's fingerprint (tests/workflow/fingerprint.py) matches golden/fingerprint.json: every
   document's loglikelihood per choice, per run; each trained run's losses and aux losses per step, final
   loss, expert shares per layer and learned tau per layer. table1.csv cannot see the method (four to 57
@@ -40,7 +44,8 @@ Regenerate the golden files after an intended change, then review their diff:
 
     MEDMOE_UPDATE_GOLDEN=1 pytest tests/workflow/test_workflow_tiny_dag.py
 
-About 3 minutes on 2 CPU cores.
+About 6 minutes on 2 CPU cores (9 trained runs, 10 evaluations, one seed; several seeds are covered by
+a dry run in test_workflow_static.py and by tests/benchmark/test_tables.py on synthetic results).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ import pandas as pd
 import pytest
 import torch
 
+from medmoelora_eval import claims as claims_module
+from medmoelora_eval.stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from medmoelora_eval.tables import score_labels
 from tests.workflow.fingerprint import compare, fingerprint, quantity, read_jsonl, train_fingerprint
 from tests.workflow.helpers import GOLDEN, RAW_DATA, snakemake, workflow_copy
 
@@ -68,13 +76,22 @@ SCORE_TOLERANCE = 0.01  # percentage points
 PARAMETER_COLUMNS = ["Trainable params", "Active params"]
 RUNS = ["base", "lora", "multi_lora", "uniform_moe", "med_moe_lora"]  # table1's rows
 TASKS = ["medqa", "pubmedqa", "gsm8k", "mmlu", "mmlu_medical", "mmlu_general", "general_lm"]
+CLAIMS = ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"]
+
+
+def eval_dir(run: str) -> str:
+    """A run's evaluation directory: the base model once, a trained run per seed (tiny.yaml: seed 0)."""
+    return f"results/eval/{run}" if run == "base" else f"results/eval/{run}/seed0"
+
+
 UPDATE_GOLDEN = bool(os.environ.get("MEDMOE_UPDATE_GOLDEN"))
+DAG_TIMEOUT = 2400  # seconds: the whole DAG, about 6 minutes on 2 idle cores, several times that on busy ones
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = workflow_copy(tmp_path_factory.mktemp("tiny"))
-    result = snakemake(workdir, "results/table1.csv", *TINY)
+    result = snakemake(workdir, "all", *TINY, timeout=DAG_TIMEOUT)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
 
@@ -109,8 +126,8 @@ def test_per_document_results_make_the_scores(tiny_run: Path) -> None:
     drawn = json.loads((tiny_run / "results/eval/samples.json").read_text(encoding="utf-8"))
     for run in RUNS:
         for task in TASKS:
-            result = json.loads((tiny_run / f"results/eval/{run}/{task}.json").read_text(encoding="utf-8"))
-            documents = read_jsonl(tiny_run / f"results/eval/{run}/{task}.samples.jsonl")
+            result = json.loads((tiny_run / eval_dir(run) / f"{task}.json").read_text(encoding="utf-8"))
+            documents = read_jsonl(tiny_run / eval_dir(run) / f"{task}.samples.jsonl")
             assert len(documents) == result["n"] == sum(len(drawn[leaf]) for leaf in {d["task"] for d in documents})
             if task == "general_lm":  # bits per byte over all documents: -sum(loglikelihood) / sum(bytes) / ln 2
                 value = -sum(d["loglikelihood"] for d in documents) / sum(d["bytes"] for d in documents) / math.log(2)
@@ -118,6 +135,40 @@ def test_per_document_results_make_the_scores(tiny_run: Path) -> None:
                 value = sum(d["correct"] for d in documents) / len(documents)
             assert value == pytest.approx(result["score"], rel=1e-12, abs=1e-12)
             assert "stderr" in result
+
+
+def test_every_score_and_change_has_its_interval(tiny_run: Path) -> None:
+    for number in (1, 2, 3, 4):
+        table = pd.read_csv(tiny_run / f"results/table{number}.csv")
+        scores = score_labels(table)
+        assert "Medical avg" in scores or "GSM8K change" in scores, (number, list(table.columns))
+        if number in (1, 4):
+            assert [label for label in scores if label.endswith(" change")], number
+        for label in scores:
+            low, point, high = table[f"{label}_lo"], table[label], table[f"{label}_hi"]
+            assert (low <= point).all() and (point <= high).all(), (number, label)
+
+
+def test_claims_have_a_verdict_each_and_open_the_report(tiny_run: Path) -> None:
+    claims = pd.read_csv(tiny_run / "results/claims.csv")
+    assert list(claims.columns) == list(claims_module.COLUMNS)
+    assert sorted(set(claims["claim"])) == CLAIMS
+    assert set(claims["verdict"]) <= {SUPPORTED, CONTRADICTED, INCONCLUSIVE}  # every role has a run
+    tested = claims[claims["claim"] != "C8"]
+    assert (tested["ci_lo"] <= tested["difference"]).all() and (tested["difference"] <= tested["ci_hi"]).all()
+    assert set(claims.loc[claims["claim"] == "C2", "paper_effect"].dropna()) == {4.5}
+    report = (tiny_run / "results/report.md").read_text(encoding="utf-8")
+    assert report.split("\n## ")[1].startswith("Claims\n")
+    assert "not the paper's Llama-3-8B" in report and "Against the paper" not in report
+
+
+def test_snakemake_builds_its_own_report(tiny_run: Path) -> None:
+    result = snakemake(tiny_run, "--report", "results/report.html", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tiny_run / "results/report.html").read_text(encoding="utf-8")
+    for name in ("claims.csv", *(f"table{n}.csv" for n in range(1, 6)), "forgetting.png", "claims.png", "report.md"):
+        assert name in page, name
+    assert "Forgetting of general skills: each run" in page  # a caption from workflow/report/
 
 
 def test_table_rule_is_byte_identical_on_rerun(tiny_run: Path) -> None:
@@ -129,19 +180,19 @@ def test_table_rule_is_byte_identical_on_rerun(tiny_run: Path) -> None:
 
 def test_second_run_from_scratch_is_identical(tiny_run: Path, tmp_path: Path) -> None:
     workdir = workflow_copy(tmp_path / "again")
-    outputs = [f"results/eval/lora/{task}{suffix}" for task in TASKS for suffix in (".json", ".samples.jsonl")]
+    outputs = [f"{eval_dir('lora')}/{task}{suffix}" for task in TASKS for suffix in (".json", ".samples.jsonl")]
     result = snakemake(workdir, *outputs, *TINY)
     assert result.returncode == 0, result.stderr[-5000:]
-    for output in [*outputs, "results/train/lora/adapter_model.safetensors", "results/eval/samples.json"]:
+    for output in [*outputs, "results/train/lora/seed0/adapter_model.safetensors", "results/eval/samples.json"]:
         assert (workdir / output).read_bytes() == (tiny_run / output).read_bytes(), output
 
 
 def test_failed_rule_leaves_no_output_and_rerun_continues(tiny_run: Path) -> None:
     table1 = tiny_run / "results/table1.csv"
     expected = table1.read_bytes()
-    score = tiny_run / "results/eval/lora/medqa.json"
+    score = tiny_run / eval_dir("lora") / "medqa.samples.jsonl"
     good, times = score.read_bytes(), os.stat(score)
-    adapter_time = os.stat(tiny_run / "results/train/lora/adapter_model.safetensors").st_mtime_ns
+    adapter_time = os.stat(tiny_run / "results/train/lora/seed0/adapter_model.safetensors").st_mtime_ns
 
     score.write_text("{not json")  # newer than table1.csv: the table rule reruns and fails
     failed = snakemake(tiny_run, "results/table1.csv", *TINY)
@@ -156,7 +207,7 @@ def test_failed_rule_leaves_no_output_and_rerun_continues(tiny_run: Path) -> Non
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert "rule table1:" in log and "rule train:" not in log and "rule eval:" not in log, log
-    assert os.stat(tiny_run / "results/train/lora/adapter_model.safetensors").st_mtime_ns == adapter_time
+    assert os.stat(tiny_run / "results/train/lora/seed0/adapter_model.safetensors").st_mtime_ns == adapter_time
     assert table1.read_bytes() == expected
 
 
@@ -198,7 +249,7 @@ def test_mutated_method_fails_the_fingerprint(
     overrides, patch, expected = MUTATIONS[mutation]
     if patch is not None:
         patch(monkeypatch)
-    recorded = json.loads((tiny_run / "results/train/med_moe_lora/train_config.json").read_text(encoding="utf-8"))
+    recorded = json.loads((tiny_run / "results/train/med_moe_lora/seed0/train_config.json").read_text(encoding="utf-8"))
     adapter = {**recorded["adapter"], **overrides}
     config = build_run_config(adapter["method"], {"adapter": adapter, "training": recorded["training"]})
     train(tiny_run / "resources/models/tiny", tiny_run / "data/processed", tmp_path / "run", config)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medmoelora.errors import UserError
 from medmoelora.tasks import EVAL_TASKS, RUN_TASKS
+from medmoelora_eval.claims import ROLES, resolve_roles
 from medmoelora_eval.workflow_config import check_config, schema_problem
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -35,19 +36,25 @@ MODEL_DIR = f"resources/models/{config['model']['name']}"
 BASE_RUN = "base"  # the untouched base model, evaluated with lm_eval's stock `--model hf`
 EVAL_NAMES = list(EVAL_TASKS)  # results/eval/<run>/<task>.json, every score of the task registry
 LM_EVAL_TASKS = ",".join(task.lm_eval_task for task in RUN_TASKS)  # what one lm_eval call runs
+SAMPLES = ".samples.jsonl"  # results/eval/<run>/<task>.samples.jsonl: per-document results
 RUNS = config["runs"]
+SEEDS = config["seeds"]  # every trained run once per seed: results/{train,eval}/<run>/seed<k>/
 MAIN_RUNS = config["tables"]["main"]
 ALLOCATION = config["tables"]["allocation"]
 TEMPERATURE = config["tables"]["temperature"]
 FORGETTING = config["tables"]["forgetting"]
 TABLES = [f"results/table{number}.csv" for number in range(1, 6)]
-FIGURES = [f"results/figures/{name}.png" for name in ("routing_heatmap", "forgetting", "temperature")]
+FIGURES = [f"results/figures/{name}.png" for name in ("claims", "routing_heatmap", "forgetting", "temperature")]
 
 
 def _check_config() -> None:
     """What the JSON Schema cannot express: table entries must name defined runs."""
     if BASE_RUN in RUNS:
         sys.exit(f"error: config runs: {BASE_RUN!r} is reserved for the untouched base model; rename that run")
+    seeded = ["training"] * ("seed" in config["training"])
+    seeded += [f"runs.{name}.training" for name, run in RUNS.items() if "seed" in run.get("training", {})]
+    if seeded:
+        sys.exit(f"error: config {seeded[0]}.seed: the training seed comes from the top-level `seeds:` list; remove it")
     named = {
         "tables.main": MAIN_RUNS,
         "tables.forgetting": FORGETTING,
@@ -55,11 +62,22 @@ def _check_config() -> None:
         "tables.temperature": list(TEMPERATURE.values()),
         "figures.routing_run": [config["figures"]["routing_run"]],
         "figures.temperature_run": [config["figures"]["temperature_run"]],
+        "claims.runs": [run for run in config.get("claims", {}).get("runs", {}).values() if run != BASE_RUN],
     }
     for key, runs in named.items():
         for run in runs:
             if run not in RUNS:
                 sys.exit(f"error: config {key} names run {run!r}; defined runs: {', '.join(RUNS)}")
+
+
+def claim_runs() -> dict[str, str]:
+    """Claim role -> run: config claims.runs, else the run named like the role (the base model for `base`);
+    alloc_asymmetric and tau_learnable default to the med_moe_lora run (medmoelora_eval.claims)."""
+    named = {role: role for role in ROLES if role in RUNS} | {"base": BASE_RUN}
+    try:
+        return resolve_roles(named | config.get("claims", {}).get("runs", {}))
+    except UserError as error:
+        sys.exit(f"error: config claims.runs: {error}")
 
 
 def raw_data_dir() -> str:
@@ -74,20 +92,35 @@ def raw_data_dir() -> str:
 
 
 _check_config()
+CLAIM_RUNS = claim_runs()
 RAW_DATA_DIR = raw_data_dir() if config["data"]["source"] == "raw" else None
 
 
+def run_dirs(run: str) -> list[str]:
+    """A run's directories under results/train and results/eval: <run>/seed<k> for every seed; the base
+    model, which has no training seed, is evaluated once, in results/eval/base/."""
+    return [BASE_RUN] if run == BASE_RUN else [f"{run}/seed{seed}" for seed in SEEDS]
+
+
 wildcard_constraints:
-    run="|".join(re.escape(name) for name in [BASE_RUN, *RUNS]),
+    run="|".join(re.escape(name) for name in RUNS),
+    seed="|".join(str(seed) for seed in SEEDS),
+    # what one eval job evaluates: the base model, or one seed of a trained run
+    model="|".join(re.escape(name) for run in [BASE_RUN, *RUNS] for name in run_dirs(run)),
     task="|".join(EVAL_NAMES),
 
 
-def eval_files(runs) -> list[str]:
-    return [f"results/eval/{run}/{task}.json" for run in runs for task in EVAL_NAMES]
+def eval_files(runs, suffix=".json") -> list[str]:
+    """Every task file of every seed of ``runs`` (suffix .samples.jsonl: the per-document results)."""
+    return [f"results/eval/{name}/{task}{suffix}" for run in runs for name in run_dirs(run) for task in EVAL_NAMES]
 
 
 def train_files(runs, name="train_metrics.json") -> list[str]:
-    return [f"results/train/{run}/{name}" for run in runs]
+    return [f"results/train/{seeded}/{name}" for run in runs for seeded in run_dirs(run)]
+
+
+def seed_args() -> str:
+    return " ".join(str(seed) for seed in SEEDS)
 
 
 def row_args(rows) -> str:
@@ -97,11 +130,12 @@ def row_args(rows) -> str:
 
 
 def get_train_overrides(wildcards) -> str:
-    """The run's `--set section.key=value` options: config training (shared), then the run's own."""
+    """The run's `--set section.key=value` options: config training (shared), then the run's own, and
+    the seed of this job."""
     run = RUNS[wildcards.run]
     sections = {
         "adapter": {**config.get("adapter", {}), **run.get("adapter", {})},
-        "training": {**config["training"], **run.get("training", {})},
+        "training": {**config["training"], **run.get("training", {}), "seed": int(wildcards.seed)},
     }
     return " ".join(
         f"--set {shlex.quote(f'{section}.{key}={json.dumps(value)}')}"
@@ -121,16 +155,15 @@ def get_train_launcher(wildcards) -> str:
 def get_eval_model(wildcards) -> dict[str, str]:
     """lm_eval's --model and --model_args: stock `hf` for the base model, `medmoelora` for an adapter."""
     args = f"pretrained={MODEL_DIR},dtype={config['eval']['dtype']}"
-    if wildcards.run == BASE_RUN:
+    if wildcards.model == BASE_RUN:
         return {"model": "hf", "model_args": args}
-    return {"model": "medmoelora", "model_args": f"{args},adapter=results/train/{wildcards.run}"}
+    return {"model": "medmoelora", "model_args": f"{args},adapter=results/train/{wildcards.model}"}
 
 
 def get_eval_adapter(wildcards) -> list[str]:
-    if wildcards.run == BASE_RUN:
+    if wildcards.model == BASE_RUN:
         return []
-    run = [wildcards.run]
-    return train_files(run, "adapter_model.safetensors") + train_files(run, "adapter_config.json")
+    return [f"results/train/{wildcards.model}/{name}" for name in ("adapter_model.safetensors", "adapter_config.json")]
 
 
 def compute(stage: str, key: str):

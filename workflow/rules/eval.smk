@@ -1,9 +1,10 @@
-# Every run (and the base model) on every task, in ONE lm_eval call per run: start-up is paid once.
+# Every run's every seed (and the base model, once) on every task, in ONE lm_eval call each: start-up is
+# paid once. {model} is `base` or `<run>/seed<k>`: results/eval/{model}/ evaluates results/train/{model}/.
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
 # samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
 # one-sided: the first 20 PubMedQA test questions are all "yes"). --log_samples keeps every document's
-# outcome: results/eval/<run>/<task>.samples.jsonl (loglikelihood per choice, correct or not), so that two
+# outcome: results/eval/{model}/<task>.samples.jsonl (loglikelihood per choice, correct or not), so that two
 # runs can be compared document by document.
 
 
@@ -29,11 +30,11 @@ rule eval:
         samples="results/eval/samples.json",
         adapter=get_eval_adapter,
     output:
-        expand("results/eval/{{run}}/{task}.json", task=EVAL_NAMES),
-        expand("results/eval/{{run}}/{task}.samples.jsonl", task=EVAL_NAMES),
-        full="results/eval/{run}/lm_eval_results.json",
+        expand("results/eval/{{model}}/{task}.json", task=EVAL_NAMES),
+        expand("results/eval/{{model}}/{task}.samples.jsonl", task=EVAL_NAMES),
+        full="results/eval/{model}/lm_eval_results.json",
     log:
-        "logs/eval/{run}.log",
+        "logs/eval/{model}.log",
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("eval", "threads")
@@ -58,5 +59,5 @@ rule eval:
             --tasks {params.tasks} --samples {input.samples} \
             --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
             --output_path "$raw" --log_samples >{log} 2>&1
-        python -m medmoelora_eval.results split "$raw" --run {wildcards.run} --out {params.out} 2>>{log}
+        python -m medmoelora_eval.results split "$raw" --run {wildcards.model} --out {params.out} 2>>{log}
         """

@@ -1,12 +1,15 @@
-# Eval results and training metrics -> results/table{1..5}.csv, results/figures/*.png, results/report.md.
+# Per-document eval results and training metrics -> results/table{1..5}.csv (every score with its 95%
+# interval, seeds pooled), results/figures/*.png, results/report.md. Every output that a reader looks at is
+# marked for Snakemake's own report (`snakemake --report results/report.html`), with a caption in
+# workflow/report/.
 
 
 rule table1:
     input:
-        eval_files([BASE_RUN, *MAIN_RUNS]),
+        eval_files([BASE_RUN, *MAIN_RUNS], SAMPLES),
         train_files(MAIN_RUNS),
     output:
-        "results/table1.csv",
+        report("results/table1.csv", caption="../report/table1.rst", category="Tables"),
     log:
         "logs/table1/table1.log",
     conda:
@@ -14,49 +17,54 @@ rule table1:
     params:
         rows=row_args([BASE_RUN, *MAIN_RUNS]),
         base=BASE_RUN,
+        seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables main --rows {params.rows} --base {params.base} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables main --rows {params.rows} --base {params.base} --seeds {params.seeds}"
+        " --out {output} 2> {log}"
 
 
 rule table2:
     input:
-        eval_files(ALLOCATION.values()),
+        eval_files(ALLOCATION.values(), SAMPLES),
         train_files(ALLOCATION.values()),
+        train_files(ALLOCATION.values(), "adapter_config.json"),
     output:
-        "results/table2.csv",
+        report("results/table2.csv", caption="../report/table2.rst", category="Tables"),
     log:
         "logs/table2/table2.log",
     conda:
         "../envs/medmoelora.yaml"
     params:
         rows=row_args(ALLOCATION),
+        seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables allocation --rows {params.rows} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables allocation --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
 
 rule table3:
     input:
-        eval_files(TEMPERATURE.values()),
+        eval_files(TEMPERATURE.values(), SAMPLES),
         train_files(TEMPERATURE.values()),
         train_files(TEMPERATURE.values(), "adapter_model.safetensors"),
     output:
-        "results/table3.csv",
+        report("results/table3.csv", caption="../report/table3.rst", category="Tables"),
     log:
         "logs/table3/table3.log",
     conda:
         "../envs/medmoelora.yaml"
     params:
         rows=row_args(TEMPERATURE),
+        seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables temperature --rows {params.rows} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables temperature --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
 
 rule table4:
     input:
-        eval_files([BASE_RUN, *FORGETTING]),
+        eval_files([BASE_RUN, *FORGETTING], SAMPLES),
         train_files(FORGETTING),
     output:
-        "results/table4.csv",
+        report("results/table4.csv", caption="../report/table4.rst", category="Tables"),
     log:
         "logs/table4/table4.log",
     conda:
@@ -64,30 +72,34 @@ rule table4:
     params:
         rows=row_args(FORGETTING),
         base=BASE_RUN,
+        seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables forgetting --rows {params.rows} --base {params.base} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables forgetting --rows {params.rows} --base {params.base}"
+        " --seeds {params.seeds} --out {output} 2> {log}"
 
 
 rule table5:
     input:
         train_files(MAIN_RUNS),
     output:
-        "results/table5.csv",
+        report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
     log:
         "logs/table5/table5.log",
     conda:
         "../envs/medmoelora.yaml"
     params:
         rows=row_args(MAIN_RUNS),
+        seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables cost --rows {params.rows} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables cost --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
 
 
 rule figure_routing:
     input:
-        "results/train/{run}/routing_stats.json".format(run=config["figures"]["routing_run"]),
+        # the first seed: expert i of one seed is not expert i of another, so gates do not average
+        train_files([config["figures"]["routing_run"]], "routing_stats.json")[0],
     output:
-        "results/figures/routing_heatmap.png",
+        report("results/figures/routing_heatmap.png", caption="../report/routing_heatmap.rst", category="Figures"),
     log:
         "logs/figure_routing/figure_routing.log",
     conda:
@@ -100,7 +112,7 @@ rule figure_forgetting:
     input:
         "results/table4.csv",
     output:
-        "results/figures/forgetting.png",
+        report("results/figures/forgetting.png", caption="../report/forgetting.rst", category="Figures"),
     log:
         "logs/figure_forgetting/figure_forgetting.log",
     conda:
@@ -111,9 +123,9 @@ rule figure_forgetting:
 
 rule figure_temperature:
     input:
-        "results/train/{run}/adapter_model.safetensors".format(run=config["figures"]["temperature_run"]),
+        train_files([config["figures"]["temperature_run"]], "adapter_model.safetensors"),
     output:
-        "results/figures/temperature.png",
+        report("results/figures/temperature.png", caption="../report/temperature.rst", category="Figures"),
     log:
         "logs/figure_temperature/figure_temperature.log",
     conda:
@@ -125,14 +137,26 @@ rule figure_temperature:
 rule report:
     input:
         tables=TABLES,
+        claims="results/claims.csv",
         figures=FIGURES,
         reported="results/paper/reported.csv",
+        documents=eval_files([BASE_RUN], SAMPLES),
+        routing=train_files(RUNS, "routing_stats.json"),
+        metrics=train_files(RUNS),
+        adapters=train_files(RUNS, "adapter_model.safetensors"),
     output:
-        "results/report.md",
+        report("results/report.md", caption="../report/report_md.rst", category="Report"),
     log:
         "logs/report/report.log",
     conda:
         "../envs/medmoelora.yaml"
+    params:
+        runs=" ".join(RUNS),
+        seeds=seed_args(),
+        base=BASE_RUN,
+        model=config["model"]["spec"],
+        paper="--paper-base-model" if config["report"]["paper_base_model"] else "",
     shell:
-        "python -m medmoelora_eval.report --tables {input.tables} --figures {input.figures}"
-        " --reported {input.reported} --out {output} 2> {log}"
+        "python -m medmoelora_eval.report --tables {input.tables} --claims {input.claims} --figures {input.figures}"
+        " --reported {input.reported} --runs {params.runs} --seeds {params.seeds} --base {params.base}"
+        " --model {params.model:q} {params.paper} --out {output} 2> {log}"

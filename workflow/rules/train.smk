@@ -1,4 +1,5 @@
-# One adapter per run: a method preset plus the run's overrides, all sharing config `training`.
+# One adapter per run and seed: a method preset plus the run's overrides, all sharing config `training`;
+# the seed (config `seeds`) sets data order and initialisation.
 
 
 rule train:
@@ -6,13 +7,13 @@ rule train:
         model=MODEL_DIR,
         data=DATA_DIR,
     output:
-        adapter="results/train/{run}/adapter_model.safetensors",
-        adapter_config="results/train/{run}/adapter_config.json",
-        routing="results/train/{run}/routing_stats.json",
-        metrics="results/train/{run}/train_metrics.json",
-        train_log="results/train/{run}/train_log.csv",
+        adapter="results/train/{run}/seed{seed}/adapter_model.safetensors",
+        adapter_config="results/train/{run}/seed{seed}/adapter_config.json",
+        routing="results/train/{run}/seed{seed}/routing_stats.json",
+        metrics="results/train/{run}/seed{seed}/train_metrics.json",
+        train_log="results/train/{run}/seed{seed}/train_log.csv",
     log:
-        "logs/train/{run}.log",
+        "logs/train/{run}/seed{seed}.log",
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
@@ -27,7 +28,7 @@ rule train:
         out=subpath(output.adapter, parent=True),
     shell:
         # --resume-if-possible: a killed or preempted attempt (a rerun, or a --retries attempt) continues
-        # from its last complete checkpoint. Checkpoints live in results/train/{run}/checkpoints/, which is
+        # from its last complete checkpoint. Checkpoints live in results/train/{run}/seed{seed}/checkpoints/,
         # not a declared output, so Snakemake's removal of a failed job's outputs keeps them; each holds
         # train_log.csv as it was, so the removed log comes back. A checkpoint of other settings or inputs
         # (the config, model or data changed) is discarded and the run starts afresh.

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from medmoelora.config import AdapterConfig, parse_override
 from medmoelora.errors import ConfigError, UserError, unknown_name
-from medmoelora.tasks import TRAINING_TASKS
+from medmoelora.tasks import MMLU, TRAINING_TASKS
 from medmoelora.validation import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -37,6 +37,13 @@ LrScheduler = Literal[
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LOGGERS: tuple[str, ...] = get_args(Logger)
 LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
+
+
+def data_tasks() -> list[str]:
+    """Task ids that prepare-data writes (``<data>/<task>/``)."""
+    from medmoelora.tasks import DATA_TASKS
+
+    return list(DATA_TASKS)
 
 
 def training_tasks() -> list[str]:
@@ -81,7 +88,7 @@ class TrainConfig:
     # The general-skill monitor (training/monitor.py): held-out general-domain LM loss every N steps.
     monitor_steps: NonNegativeInt = 10  # 0 turns it off; each check is a forward pass over monitor_examples
     monitor_examples: PositiveInt = 16  # records of the probe set (general-domain records only)
-    monitor_task: Annotated[str, OneOf(training_tasks)] = "mmlu"  # probe data: <data>/<task>/<split>.jsonl
+    monitor_task: Annotated[str, OneOf(data_tasks)] = MMLU.name  # probe data: <data>/<task>/<split>.jsonl
     monitor_split: str = "validation"  # records that a training task's pool holds are dropped from the probe
     monitor_threshold: PositiveFloat = 0.01  # warn when the probe loss rises more than this (relative) above step 0
     monitor_adapt: bool = False  # on a warning, double base_l2_weight and preservation_weight (capped)

@@ -1,18 +1,16 @@
-"""lm-eval results -> results/eval/<run>/<task>.json (`results.score`) -> the tables: the general probes, the continuous
-metrics and the trainable counts, on hand-made lm-eval output whose numbers are known."""
+"""lm-eval results -> results/eval/<run>/<task>.json (`results.score`): the derived MMLU groups, the general probes
+and the continuous metrics, on hand-made lm-eval output whose numbers are known. (The tables, built from the
+per-document results, are tested in tests/benchmark/test_tables.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from medmoelora.tasks import EVAL_TASKS, MMLU_MEDICAL_SUBJECTS, MMLU_SUBJECTS
-from medmoelora_eval.figures import forgetting_bars
 from medmoelora_eval.results import score
-from medmoelora_eval.tables import forgetting_table, main_table, temperature_table
 
 # Every MMLU subject's (documents, acc, gold_logprob, brier): the six medical ones alike, the other 51
 # alike but for astronomy.
@@ -78,37 +76,3 @@ def test_task_files_carry_the_derived_mmlu_groups_and_every_metric(dirs: tuple[P
     assert json.loads((eval_dir / "base/medqa.json").read_text())["metrics"] == {
         "acc": 0.4, "gold_logprob": -1.2, "brier": 0.7
     }  # fmt: skip
-
-
-def test_main_and_forgetting_tables(dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    eval_dir, train_dir = dirs
-    table = main_table({"base": "base", "lora": "lora", "med": "med"}, eval_dir, train_dir, "base").set_index("run")
-    assert list(table.columns) == [
-        "MedQA", "PubMedQA", "MMLU-medical", "Medical avg", "Medical gold logprob", "Medical Brier",
-        "GSM8K", "MMLU-general", "General LM bits/byte",
-        "GSM8K change", "MMLU-general change", "General LM bits/byte change", "Trainable params", "Active params",
-    ]  # fmt: skip
-    # gold log-prob: mean of MedQA -1.2, PubMedQA -0.8 and MMLU-medical (anatomy) -1.0, each + shift
-    assert table.at["base", "Medical gold logprob"] == pytest.approx(-1.0)
-    assert table.at["med", "Medical gold logprob"] == pytest.approx(-0.8)
-    assert table.at["med", "Medical Brier"] == pytest.approx((0.7 + 0.5 + 0.6) / 3)
-    assert table.at["lora", "General LM bits/byte change"] == pytest.approx(0.1)  # forgot: more bits per byte
-    assert table.at["med", "General LM bits/byte change"] == pytest.approx(-0.2)
-    assert table.at["base", "MMLU-general"] == pytest.approx(100 * (50 * 0.25 + 1) / 53)
-    assert table.at["base", "Trainable params"] == 0 and table.at["med", "Trainable params"] == 1003
-
-    forgetting = forgetting_table({"lora": "lora", "med": "med"}, eval_dir, train_dir, "base").set_index("run")
-    assert forgetting.at["lora", "MMLU-general gold logprob change"] == pytest.approx(-0.1)
-    assert forgetting.at["lora", "Trainable params"] == 1004
-    assert {"GSM8K change", "MMLU-general change", "General LM bits/byte change"} <= set(forgetting.columns)
-    forgetting_bars(forgetting.reset_index()).savefig(tmp_path / "forgetting.png")
-    assert (tmp_path / "forgetting.png").stat().st_size > 0
-
-
-def test_temperature_table_has_trainable_counts(dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    eval_dir, train_dir = dirs
-    from medmoelora_eval import figures
-
-    monkeypatch.setattr(figures, "read_temperatures", lambda path: pd.DataFrame({"tau": [1.0, 2.0]}))
-    table = temperature_table({"1.0": "lora", "learnable": "med"}, eval_dir, train_dir)
-    assert list(table["Trainable params"]) == [1004, 1003]

@@ -1,0 +1,72 @@
+"""Figures that show a score or a change draw its 95% interval as an error bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection, PathCollection
+from matplotlib.container import BarContainer
+
+from medmoelora_eval import figures
+
+FORGETTING = pd.DataFrame(
+    {
+        "run": ["lora", "med"],
+        "GSM8K change": [-2.0, 1.0], "GSM8K change_lo": [-5.0, -1.0], "GSM8K change_hi": [0.5, 3.0],
+        "MMLU-general change": [-4.0, 0.0], "MMLU-general change_lo": [-6.0, -2.0],
+        "MMLU-general change_hi": [-1.0, 2.5],
+        "General LM bits/byte change": [0.1, -0.02], "General LM bits/byte change_lo": [0.05, -0.04],
+        "General LM bits/byte change_hi": [0.2, 0.01],
+    }
+)  # fmt: skip
+
+
+def error_bar_ends(container: BarContainer) -> list[tuple[float, float]]:
+    """(low, high) of each bar's vertical error bar, from the drawn line segments."""
+    (segments,) = container.errorbar.lines[2]
+    return [(float(min(s[:, 1])), float(max(s[:, 1]))) for s in segments.get_segments()]
+
+
+def bars(ax) -> list[BarContainer]:
+    return [container for container in ax.containers if isinstance(container, BarContainer)]
+
+
+def test_forgetting_bars_draw_each_interval_in_a_panel_per_unit() -> None:
+    fig = figures.forgetting_bars(FORGETTING)
+    points, bits = fig.axes
+    assert [c.get_label() for c in bars(points)] == ["GSM8K change", "MMLU-general change"]
+    for container, column in zip(bars(points), ["GSM8K change", "MMLU-general change"], strict=True):
+        assert [bar.get_height() for bar in container] == FORGETTING[column].tolist()
+        assert error_bar_ends(container) == list(
+            zip(FORGETTING[f"{column}_lo"], FORGETTING[f"{column}_hi"], strict=True)
+        )
+    (lm,) = bars(bits)
+    assert np.allclose(error_bar_ends(lm), [(0.05, 0.2), (-0.04, 0.01)])
+    assert bits.get_ylabel() == "change vs base (bits/byte)" and points.get_ylabel() == "change vs base (points)"
+
+
+def test_forgetting_bars_need_interval_columns() -> None:
+    with pytest.raises(figures.UserError, match="_lo / _hi"):
+        figures.forgetting_bars(FORGETTING[["run", "GSM8K change"]])
+
+
+def test_claims_plot_draws_each_difference_with_its_interval_and_the_papers_effect() -> None:
+    claims = pd.DataFrame(
+        {
+            "claim": ["C1", "C2", "C2", "C8"], "comparison": ["a vs b", "a vs c", "a vs c", "largest"],
+            "scope": ["medical_average", "medqa", "medqa", "routing"],
+            "metric": ["accuracy", "accuracy", "gold_logprob", "largest_expert_share"],
+            "paper_effect": [np.nan, 4.5, np.nan, np.nan], "difference": [2.0, -1.0, 0.1, 0.6],
+            "ci_lo": [0.5, -3.0, 0.02, np.nan], "ci_hi": [3.5, 1.0, 0.2, np.nan],
+            "verdict": ["supported", "inconclusive", "supported", "supported"],
+        }
+    )  # fmt: skip
+    fig = figures.claims_plot(claims)
+    accuracy, logprob = fig.axes
+    errors = [c for c in accuracy.collections if isinstance(c, LineCollection)]
+    spans = sorted((float(s[:, 0].min()), float(s[:, 0].max())) for c in errors for s in c.get_segments())
+    assert spans == [(-3.0, 1.0), (0.5, 3.5)]  # C8's check has no interval and is not drawn
+    crosses = [c for c in accuracy.collections if isinstance(c, PathCollection)]
+    assert [c.get_offsets()[:, 0].tolist() for c in crosses] == [[4.5]]  # the paper's MedQA effect
+    assert "gold log-prob" in logprob.get_xlabel()
