@@ -149,7 +149,8 @@ def test_a_subject_subset_entry_is_scored_routed_tabulated_and_generated(with_mm
         "medmoe_mmlu_jurisprudence", "medmoe_mmlu_law", "medmoe_mmlu_general", "medmoe_mmlu"
     ]  # fmt: skip
     assert [(c.label, c.scope) for c in tables.general_columns()] == [
-        ("GSM8K", "gsm8k"), ("MMLU-general", "mmlu_general"), ("General LM bits/byte", "general_lm"), ("MMLU-law", "mmlu_law")
+        ("GSM8K", "gsm8k"), ("MMLU-general", "mmlu_general"), ("General LM bits/byte", "general_lm"),
+        ("MMLU-law", "mmlu_law"),
     ]  # fmt: skip
     group = generator().render_configs()["_medmoe_mmlu_law.yaml"]
     assert "- medmoe_mmlu_jurisprudence\n" in group and "medmoe_mmlu_anatomy" not in group

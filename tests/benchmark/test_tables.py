@@ -19,7 +19,8 @@ SEEDS = [0, 1]
 SKILLS = {"base": (0.0, 2.0), "lora": (0.5, 0.5), "med": (2.0, 1.8)}  # run -> (medical, general) skill
 MAIN_COLUMNS = [
     "MedQA", "PubMedQA", "MMLU-medical", "Medical avg", "Medical gold logprob", "Medical Brier",
-    "GSM8K", "MMLU-general", "General LM bits/byte", "GSM8K change", "MMLU-general change", "General LM bits/byte change",
+    "GSM8K", "MMLU-general", "General LM bits/byte",
+    "GSM8K change", "MMLU-general change", "General LM bits/byte change",
 ]  # fmt: skip
 
 

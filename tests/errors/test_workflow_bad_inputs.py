@@ -75,8 +75,9 @@ CASES = [
     ),
     Case(
         "general training task",
-        "data: {general_task: gsm9k}",
-        r"`data.general_task` = 'gsm9k' is not one of gsm8k, mmlu, none; did you mean 'gsm8k'\?",
+        "data: {general_task: general_instrct}",
+        r"`data.general_task` = 'general_instrct' is not one of general_instruct, none; "
+        r"did you mean 'general_instruct'\?",
     ),
     Case(
         "compute threads",

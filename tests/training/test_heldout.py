@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medmoelora import AdapterConfig, inject_adapter
-from medmoelora.cli import main
-from medmoelora.tasks import get_prompt
+from medmoelora.tasks import TRAINING_TASKS, get_prompt
 from medmoelora.training.config import build_run_config
 from medmoelora.training.data import build_examples
 from medmoelora.training.heldout import choice_token_ids, held_out_examples, held_out_set, mean_token_nll
@@ -19,7 +19,8 @@ from medmoelora.training.run import train
 from tests.tiny import randomize_adapter
 from tests.training.test_train import FAST
 
-TASKS = ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+TASKS = TRAINING_TASKS  # medqa, medmcqa, pubmedqa, general_instruct
+GENERATION = "general_instruct"  # no options to choose between
 
 
 def test_validation_split_is_used_where_prepared_and_a_seeded_train_slice_elsewhere(prepared_data_dir):
@@ -38,7 +39,7 @@ def test_training_never_sees_a_held_out_record(prepared_data_dir, tiny_model_dir
     adapter = AdapterConfig.from_preset("lora")
     sets = [held_out_set(prepared_data_dir, task, 32) for task in TASKS]
     excluded = frozenset().union(*(s.excluded_ids for s in sets))
-    assert excluded  # medqa, medmcqa and gsm8k have no validation split here
+    assert excluded  # medqa and medmcqa have no validation split here
     kept = build_examples(prepared_data_dir, TASKS, tokenizer, adapter, 96, None, 0, exclude_ids=excluded)
     everything = build_examples(prepared_data_dir, TASKS, tokenizer, adapter, 96, None, 0)
     assert len(kept) == len(everything) - len(excluded)
@@ -46,28 +47,13 @@ def test_training_never_sees_a_held_out_record(prepared_data_dir, tiny_model_dir
     assert not held_out_inputs & {tuple(example.input_ids) for example in kept}
 
 
-def test_mmlu_validation_inside_the_mmlu_training_pool_is_not_used_as_held_out(tmp_path):
-    from tests.training.conftest import RAW_FIXTURES
-
+def test_a_validation_split_inside_the_training_pool_is_not_used_as_held_out(prepared_data_dir, tmp_path):
     data = tmp_path / "processed"
-    assert (
-        main(
-            [
-                "prepare-data",
-                "--raw-dir",
-                str(RAW_FIXTURES),
-                "--out",
-                str(data),
-                "--general-task",
-                "mmlu",
-                "--pubmedqa-validation",
-                "1",
-            ]
-        )
-        == 0
-    )
-    mmlu = held_out_set(data, "mmlu", 32)
-    assert mmlu.source == "train" and mmlu.excluded_ids  # validation is part of mmlu/train.jsonl
+    shutil.copytree(prepared_data_dir, data)
+    with (data / "pubmedqa/train.jsonl").open("a", encoding="utf-8") as pool:  # the pool now holds validation
+        pool.write((data / "pubmedqa/validation.jsonl").read_text(encoding="utf-8"))
+    pubmedqa = held_out_set(data, "pubmedqa", 32)
+    assert pubmedqa.source == "train" and pubmedqa.excluded_ids
 
 
 def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_base_model(
@@ -83,7 +69,7 @@ def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_bas
     for task, entry in written.items():
         assert math.isfinite(entry["loss_start"]) and math.isfinite(entry["loss_end"]) and entry["tokens"] > 0
         assert entry["loss_end"] != entry["loss_start"], task  # the adapter changed the model
-        if task == "gsm8k":  # generation: no options to choose between
+        if task == GENERATION:
             assert "choice_loss_start" not in entry
         else:
             assert 0 <= entry["choice_accuracy_start"] <= 1 and math.isfinite(entry["choice_loss_end"])
@@ -92,7 +78,7 @@ def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_bas
         )
         base = mean_token_nll(base_model, examples, config.training.batch_size)
         assert entry["loss_start"] == base["loss"] and entry["tokens"] == base["tokens"], task
-        if task != "gsm8k":
+        if task != GENERATION:
             choices = [
                 choice_token_ids(tokenizer, record) for record in held_out_set(prepared_data_dir, task, 32).records
             ]

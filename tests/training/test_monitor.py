@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -13,15 +14,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, T
 from medmoelora import AdapterConfig, inject_adapter
 from medmoelora.cli import main
 from medmoelora.errors import UserError
+from medmoelora.tasks import TRAINING_TASKS
 from medmoelora.training.config import build_run_config
 from medmoelora.training.heldout import mean_token_nll
 from medmoelora.training.monitor import ADAPT_CAP, GeneralSkillMonitor, probe_examples, probe_records, probe_task_id
 from medmoelora.training.run import train
 from tests.tiny import randomize_adapter
-from tests.training.conftest import RAW_FIXTURES
 from tests.training.test_train import FAST
 
-TASKS = ("medqa", "medmcqa", "pubmedqa", "gsm8k")
+TASKS = TRAINING_TASKS  # medqa, medmcqa, pubmedqa, general_instruct
 DEGRADE_SCALE = 1.0  # random adapter weights this large make the probe loss worse (by 0.3% here)
 # The tiny random model's logits stay small whatever its adapters do (a norm, then a head of std 0.02),
 # so its loss cannot move by the default 1%: the tests use a smaller threshold.
@@ -42,24 +43,11 @@ def test_the_probe_holds_general_records_that_no_training_task_holds(prepared_da
     records = probe_records(prepared_data_dir, "mmlu", "validation", 16, TASKS)
     assert [record["id"] for record in records] == ["mmlu-validation-astronomy-0000"]  # anatomy is medical
     data = tmp_path / "processed"
-    assert (
-        main(
-            [
-                "prepare-data",
-                "--raw-dir",
-                str(RAW_FIXTURES),
-                "--out",
-                str(data),
-                "--pubmedqa-validation",
-                "1",
-                "--general-task",
-                "mmlu",
-            ]
-        )
-        == 0
-    )
+    shutil.copytree(prepared_data_dir, data)
+    with (data / "general_instruct/train.jsonl").open("a", encoding="utf-8") as pool:  # a pool holding the probe
+        pool.write((data / "mmlu/validation.jsonl").read_text(encoding="utf-8"))
     with pytest.raises(UserError, match="no general-domain record outside the training data"):
-        probe_records(data, "mmlu", "validation", 16, (*TASKS, "mmlu"))  # mmlu/train holds the validation split
+        probe_records(data, "mmlu", "validation", 16, TASKS)
 
 
 def test_missing_probe_data_fails_with_one_line_and_writes_nothing(tiny_model_dir, prepared_data_dir, tmp_path, capsys):
@@ -235,8 +223,10 @@ def test_in_a_run_the_raised_weights_are_logged_and_recorded(tiny_model_dir, pre
 
 def test_multi_lora_probes_general_text_with_its_general_expert():
     adapter = AdapterConfig.from_preset("multi_lora")
-    assert probe_task_id(adapter, "mmlu") == adapter.task_index("gsm8k")  # as lm-eval's medmoe_mmlu routes
-    assert probe_task_id(adapter, "gsm8k") == adapter.task_index("gsm8k")
+    general = adapter.task_index("general_instruct")  # Multi-LoRA's general expert
+    assert probe_task_id(adapter, "mmlu") == general  # as lm-eval's medmoe_mmlu routes
+    assert probe_task_id(adapter, "gsm8k") == general
+    assert probe_task_id(adapter, "general_instruct") == general
     with pytest.raises(UserError, match="no expert for the general probe 'mmlu'"):
         probe_task_id(adapter.replace(eval_task_map={}), "mmlu")
     assert probe_task_id(AdapterConfig.from_preset("med_moe_lora"), "mmlu") == 0  # soft routing ignores it

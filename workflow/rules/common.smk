@@ -93,6 +93,13 @@ def raw_data_dir() -> str:
 
 _check_config()
 CLAIM_RUNS = claim_runs()
+# The runs some table or claim reads, in config order: the report's training health covers these (a run
+# defined only in a config that another extends, such as config.yaml's under tiny.yaml, is not trained).
+REPORTED_RUNS = [
+    name
+    for name in RUNS
+    if name in {*MAIN_RUNS, *ALLOCATION.values(), *TEMPERATURE.values(), *FORGETTING, *CLAIM_RUNS.values()}
+]
 RAW_DATA_DIR = raw_data_dir() if config["data"]["source"] == "raw" else None
 
 

@@ -141,9 +141,9 @@ rule report:
         figures=FIGURES,
         reported="results/paper/reported.csv",
         documents=eval_files([BASE_RUN], SAMPLES),
-        routing=train_files(RUNS, "routing_stats.json"),
-        metrics=train_files(RUNS),
-        adapters=train_files(RUNS, "adapter_model.safetensors"),
+        routing=train_files(REPORTED_RUNS, "routing_stats.json"),
+        metrics=train_files(REPORTED_RUNS),
+        adapters=train_files(REPORTED_RUNS, "adapter_model.safetensors"),
     output:
         report("results/report.md", caption="../report/report_md.rst", category="Report"),
     log:
@@ -151,7 +151,7 @@ rule report:
     conda:
         "../envs/medmoelora.yaml"
     params:
-        runs=" ".join(RUNS),
+        runs=" ".join(REPORTED_RUNS),
         seeds=seed_args(),
         base=BASE_RUN,
         model=config["model"]["spec"],
