@@ -139,7 +139,6 @@ class MoELoRALinear(nn.Module):
         gate_to_slot[slot_expert, torch.arange(len(slot_expert))] = slot_scale
         # A matmul rather than an index: its backward is a matmul too, where an index's is a slow scatter-add.
         self.register_buffer("gate_to_slot", gate_to_slot.to(device, adapter_dtype), persistent=False)  # (N, R)
-        self.register_buffer("slot_scale", slot_scale.to(device, adapter_dtype), persistent=False)  # (R,)
 
         if routing == "soft":
             # The router runs in fp32 whatever the model's dtype: softmax over bf16 logits is too
@@ -229,13 +228,15 @@ class MoELoRALinear(nn.Module):
         hidden = projected[..., :rank]  # (B, T, R)
         router_logits = projected[..., rank:] if self.router_in_a_gemm else None  # (B, T, N), fp32
         gates = self.gates(x, router_logits)  # (B, T, N) or (B, 1, N) or None
-        # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
-        slot_weight = self.slot_scale if gates is None else gates.to(hidden.dtype) @ self.gate_to_slot
-        hidden = hidden * slot_weight  # (B, T, R)
+        scale = 1.0
+        if gates is None:  # LoRA: one expert, its alpha / r applied by the output GEMM (no pass over hidden)
+            scale = self.alphas[0] / self.ranks[0]
+        else:  # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
+            hidden = hidden * (gates.to(hidden.dtype) @ self.gate_to_slot)  # (B, T, R)
         if result.dtype != hidden.dtype:  # bf16 base, fp32 adapter
-            return result + F.linear(hidden, lora_B).to(result.dtype)  # (B, T, R) @ (R, d_out)
-        # result + hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
-        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t()).view_as(result)
+            return result + (scale * F.linear(hidden, lora_B)).to(result.dtype)  # (B, T, R) @ (R, d_out)
+        # result + scale * hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
+        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t(), alpha=scale).view_as(result)
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()

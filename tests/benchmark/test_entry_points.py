@@ -64,8 +64,16 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("figures", lambda t: ["temperature", str(no_tensors_of_tau(t)), "--out", str(t / "o")], "log_temperature"),
     ("report", lambda t: [*REPORT_ARGUMENTS, "--tables", str(t / "table1.csv"), "--out", str(t / "o")], "table1"),
     ("precision", lambda t: ["medqa=0"], "'medqa=0'"),
-    ("perf_report", lambda t: ["--layer", str(t / "l.csv"), "--model", "m", "--out", "o", "--figure", "f"], "l.csv"),
-    ("perf_model", lambda t: ["--model", str(t), "--out", str(t / "o")], "not a model directory"),
+    (
+        "perf_report",
+        lambda t: ["--layer", str(t / "l.csv"), "--model", "m", "--lm-eval", "e", "--out", "o", "--figure", "f"],
+        "l.csv",
+    ),
+    (
+        "perf_model",
+        lambda t: ["--model", str(t), "--out", str(t / "o"), "--lm-eval-out", str(t / "o")],
+        "not a model directory",
+    ),
 ]
 
 

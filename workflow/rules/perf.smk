@@ -18,20 +18,23 @@ rule perf_model:
     input:
         model=MODEL_DIR,
     output:
-        "results/perf/model.csv",
+        model="results/perf/model.csv",
+        lm_eval="results/perf/lm_eval.csv",
     log:
         "logs/perf_model/perf_model.log",
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
     shell:
-        "python -m medmoelora_eval.perf_model --model {input.model} --out {output} > {log} 2>&1"
+        "python -m medmoelora_eval.perf_model --model {input.model} --out {output.model}"
+        " --lm-eval-out {output.lm_eval} > {log} 2>&1"
 
 
 rule perf:
     input:
         layer="results/perf/layer.csv",
         model="results/perf/model.csv",
+        lm_eval="results/perf/lm_eval.csv",
     output:
         csv="results/perf.csv",
         figure="results/figures/perf.png",
@@ -41,5 +44,6 @@ rule perf:
     conda:
         "../envs/medmoelora.yaml"
     shell:
-        "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model} --out {output.csv}"
+        "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model}"
+        " --lm-eval {input.lm_eval} --out {output.csv}"
         " --figure {output.figure} --targets {output.targets} > {log} 2>&1"
