@@ -154,9 +154,10 @@ class MoELoRALinear(nn.Module):
         self.reset_parameters()
         self.last_router_probs: torch.Tensor | None = None
         self.reset_stats()
-        # The router shares A's GEMM where both see the same input in the same dtype (no dropout on A's).
-        self.router_in_a_gemm = self.router is not None and dropout == 0 and adapter_dtype == torch.float32
         self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Top-k: tokens grouped by expert (only the k chosen experts computed) where that measured faster
+        # than the dense fused matmul pair that zeroes the others (`grouped_top_k_is_faster`).
+        self.use_grouped_top_k(top_k is not None and grouped_top_k_is_faster(self.num_experts, top_k, self.ranks))
         self.merged_expert: int | None = None  # the expert folded into W0 by `merge`, None when unmerged
         self._unmerged_weight: torch.Tensor | None = None  # W0's own storage while merged (restored as is)
 
@@ -191,6 +192,17 @@ class MoELoRALinear(nn.Module):
             return self.lora_A, self.lora_B
         return torch.cat([self.base_A, self.lora_A], dim=0), torch.cat([self.base_B, self.lora_B], dim=1)
 
+    def use_grouped_top_k(self, grouped: bool) -> None:
+        """Top-k on the grouped path (True) or the dense one; the router then leaves or joins A's GEMM, which
+        it shares where both see the same input in the same dtype (no dropout on A's) and A's GEMM is dense."""
+        if grouped and self.top_k is None:
+            raise UserError("the grouped path computes top-k routing; this layer has no top_k")
+        self.grouped_top_k = grouped
+        dropout_off = isinstance(self.dropout, nn.Identity)
+        same_dtype = self.lora_A.dtype == torch.float32  # the router's
+        self.router_in_a_gemm = self.router is not None and dropout_off and same_dtype and not grouped
+        self._weight_cache = None
+
     def forward_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights one forward multiplies by: A with the router's rows below it where
         ``router_in_a_gemm`` ((R + N, d_in), else (R, d_in)), and B (d_out, R).
@@ -222,6 +234,8 @@ class MoELoRALinear(nn.Module):
         result = self.base_layer(x)  # (B, T, d_out); while merged, W0 already includes the update
         if not self.adapter_enabled or self.merged_expert is not None:
             return result
+        if self.grouped_top_k:
+            return result + self.grouped_top_k_update(x, self.gates(x)).to(result.dtype)  # (B, T, d_out)
         lora_A, lora_B = self.forward_weights()  # (R [+ N], d_in), (d_out, R)
         rank = lora_B.shape[1]
         projected = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R [+ N])
@@ -237,6 +251,28 @@ class MoELoRALinear(nn.Module):
             return result + (scale * F.linear(hidden, lora_B)).to(result.dtype)  # (B, T, R) @ (R, d_out)
         # result + scale * hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
         return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t(), alpha=scale).view_as(result)
+
+    def grouped_top_k_update(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i(x) (alpha_i / r_i) B_i A_i x over the k experts a token chose, computed per expert on
+        the tokens that chose it: (B, T, d_in), gates (B, T, N) with k non-zeros a token -> (B, T, d_out)."""
+        lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R)
+        flat_x = self.dropout(x.to(lora_A.dtype)).reshape(-1, x.shape[-1])  # (B*T, d_in)
+        flat_gates = gates.reshape(-1, self.num_experts).to(lora_A.dtype)  # (B*T, N)
+        token, expert = flat_gates.nonzero(as_tuple=True)  # (B*T*k,) each: who chose whom
+        tokens_by_expert = token[expert.argsort(stable=True)].split(
+            torch.bincount(expert, minlength=self.num_experts).tolist()
+        )
+        update = flat_x.new_zeros(flat_x.shape[0], lora_B.shape[0])  # (B*T, d_out)
+        start = 0
+        for i, (rank, tokens) in enumerate(zip(self.ranks, tokens_by_expert, strict=True)):
+            slots = slice(start, start + rank)
+            start += rank
+            if tokens.numel() == 0:
+                continue
+            hidden = flat_x[tokens] @ lora_A[slots].t()  # (n_i, d_in) @ (d_in, r_i) -> (n_i, r_i)
+            hidden = hidden * (flat_gates[tokens, i, None] * (self.alphas[i] / rank))  # g_i alpha_i / r_i
+            update.index_add_(0, tokens, hidden @ lora_B[:, slots].t())  # (n_i, r_i) @ (r_i, d_out)
+        return update.view(*x.shape[:-1], -1)
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -343,3 +379,16 @@ def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
     top_values = top_values / top_values.sum(dim=-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, top_index, top_values)
+
+
+def grouped_top_k_is_faster(num_experts: int, top_k: int, ranks: list[int]) -> bool:
+    """Whether computing only the chosen experts, tokens grouped by expert, beats the dense fused matmul
+    pair for this layer. The rule is the crossover `medmoelora_eval.perf_layer --top-k` measured
+    (README.md, Performance): the grouped path pays a gather, a scatter-add and a small GEMM pair per
+    expert, so it wins only where it skips most of the rank slots."""
+    skipped_share = 1.0 - top_k / num_experts
+    return skipped_share >= GROUPED_TOP_K_MIN_SKIPPED and min(ranks) >= GROUPED_TOP_K_MIN_RANK
+
+
+GROUPED_TOP_K_MIN_SKIPPED = 2.0  # placeholder until measured: never
+GROUPED_TOP_K_MIN_RANK = 0

@@ -156,3 +156,38 @@ def test_router_shares_a_gemm_only_where_it_sees_the_same_input():
     assert router_rows(0.0) == len(RANKS)  # A and W_g in one GEMM
     assert router_rows(0.1) == 0  # dropout on A's input only: the router needs the clean x
     assert router_rows(0.0, torch.float64) == 0  # router in fp32, experts in fp64
+
+
+# ---- top-k: tokens grouped by expert ----------------------------------------------------------------------
+@pytest.mark.parametrize(("top_k", "num_base_experts"), [(1, 0), (2, 0), (2, 1)])
+def test_grouped_top_k_equals_the_naive_loop_and_the_dense_path_gradients(top_k, num_base_experts):
+    layer, _, experts, tensors = build("soft", top_k=top_k, num_base_experts=num_base_experts)
+    x = torch.randn(BATCH, LENGTH, D_IN, requires_grad=True)
+    expected = naive_mixture(
+        x, layer.base_layer.weight, layer.base_layer.bias, experts, tensors["router.weight"], 0.7, "soft", top_k
+    )
+    layer.use_grouped_top_k(False)
+    dense = layer(x)
+    dense_grads = torch.autograd.grad(dense.square().sum(), [x, *layer.adapter_params().values()], allow_unused=True)
+    layer.use_grouped_top_k(True)
+    assert not layer.router_in_a_gemm
+    grouped = layer(x)
+    torch.testing.assert_close(grouped, expected, **TOLERANCE)
+    grouped_grads = torch.autograd.grad(
+        grouped.square().sum(), [x, *layer.adapter_params().values()], allow_unused=True
+    )
+    scale = max(float(grad.abs().max()) for grad in dense_grads if grad is not None)
+    for name, want, got in zip(["x", *layer.adapter_params()], dense_grads, grouped_grads, strict=True):
+        if want is None:  # a fixed temperature
+            assert got is None, name
+            continue
+        # Gradients reach 1e3 (a squared-output loss); top-1's router gradient is 0 up to rounding.
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * scale, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, **TOLERANCE)
+
+
+def test_grouped_path_needs_top_k():
+    layer, _, _, _ = build("soft")
+    with pytest.raises(UserError, match="has no top_k"):
+        layer.use_grouped_top_k(True)

@@ -120,3 +120,20 @@ def test_requests_and_their_batches_are_what_hflm_computes_on(tiny_model_dir):
     pairs = [lm._encode_pair(*request.args) for request in requests]
     expected = sum(len(context) + len(continuation) - 1 for context, continuation in pairs)
     assert tokens == expected
+
+
+def test_top_k_benchmark_times_both_paths_of_the_same_layer(monkeypatch, tmp_path):
+    monkeypatch.setattr(perf_layer, "TOP_K_SHAPE", (16, 24))
+    monkeypatch.setattr(perf_layer, "TOP_K_ROUTING", ((4, 1),))
+    monkeypatch.setattr(perf_layer, "TOP_K_RANKS", (4,))
+    monkeypatch.setattr(perf_layer, "SHAPES", ((16, 24),))
+    monkeypatch.setattr(perf_layer, "NUM_EXPERTS", (1,))
+    monkeypatch.setattr(perf_layer, "RANKS", (4,))
+    monkeypatch.setattr(perf_layer, "TOKENS", 32)
+    dense, grouped = perf_layer.top_k_layers(4, 1, 4).values()
+    assert not dense.grouped_top_k and grouped.grouped_top_k
+    assert all(torch.equal(p, q) for p, q in zip(dense.parameters(), grouped.parameters(), strict=True))
+    arguments = ["--out", str(tmp_path / "l.csv"), "--top-k-out", str(tmp_path / "k.csv"), "--repeats", "2"]
+    assert perf_layer.main([*arguments, "--warmup", "0"]) == 0
+    table = pd.read_csv(tmp_path / "k.csv")
+    assert (table[["dense_forward_ms", "grouped_forward_ms", "dense_over_grouped_train"]] > 0).all().all()
