@@ -137,3 +137,33 @@ def test_top_k_benchmark_times_both_paths_of_the_same_layer(monkeypatch, tmp_pat
     assert perf_layer.main([*arguments, "--warmup", "0"]) == 0
     table = pd.read_csv(tmp_path / "k.csv")
     assert (table[["dense_forward_ms", "grouped_forward_ms", "dense_over_grouped_train"]] > 0).all().all()
+
+
+def write_benchmark(path, seconds: float, rss: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    path.write_text(header + f"{seconds}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t90\t{seconds * 0.9}\n")
+
+
+def test_dag_breakdown_sums_jobs_by_stage_and_splits_lm_eval_start_up(tmp_path):
+    from medmoelora_eval import perf_dag
+
+    benchmarks, eval_dir = tmp_path / "benchmarks", tmp_path / "eval"
+    write_benchmark(benchmarks / "prepare_data" / "prepare_data.tsv", 10.0, 300.0)
+    write_benchmark(benchmarks / "train" / "lora" / "seed0.tsv", 100.0, 2000.0)
+    write_benchmark(benchmarks / "train" / "lora" / "seed1.tsv", 120.0, 2100.0)
+    write_benchmark(benchmarks / "eval" / "lora" / "seed0.tsv", 50.0, 1500.0)
+    write_benchmark(benchmarks / "eval" / "base.tsv", 40.0, 1400.0)  # no lm-eval results: all evaluation
+    write_benchmark(benchmarks / "table1" / "table1.tsv", 2.0, 100.0)
+    (eval_dir / "lora" / "seed0").mkdir(parents=True)
+    (eval_dir / "lora" / "seed0" / "lm_eval_results.json").write_text('{"total_evaluation_time_seconds": "35.0"}')
+    out = tmp_path / "dag.csv"
+    assert perf_dag.main([str(benchmarks), "--eval-dir", str(eval_dir), "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("stage")
+    assert list(table.index) == ["data", "training", perf_dag.STARTUP, "evaluation", perf_dag.OTHER]
+    assert table.loc["training", "wall_s"] == 220.0 and table.loc["training", "jobs"] == 2
+    assert table.loc["training", "max_rss_mb"] == 2100.0
+    assert table.loc["evaluation", "wall_s"] == 75.0 and table.loc[perf_dag.STARTUP, "wall_s"] == 15.0
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert perf_dag.main([str(tmp_path / "none"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert not (tmp_path / "o.csv").exists()

@@ -7,6 +7,8 @@ rule perf_layer:
         "results/perf/layer.csv",
     log:
         "logs/perf_layer/perf_layer.log",
+    benchmark:
+        "results/benchmarks/perf_layer/perf_layer.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
@@ -22,6 +24,8 @@ rule perf_model:
         lm_eval="results/perf/lm_eval.csv",
     log:
         "logs/perf_model/perf_model.log",
+    benchmark:
+        "results/benchmarks/perf_model/perf_model.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
@@ -41,6 +45,8 @@ rule perf:
         targets="results/perf/targets.csv",
     log:
         "logs/perf/perf.log",
+    benchmark:
+        "results/benchmarks/perf/perf.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
