@@ -187,7 +187,9 @@ def floor_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callable[
     return step
 
 
-def run_lm_eval(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup: int) -> pd.DataFrame:
+def run_lm_eval(
+    model_dir: Path, adapted: dict[str, MoELoRAModel], count: int, repeats: int, warmup: int
+) -> pd.DataFrame:
     """Throughput of ``loglikelihood`` through ``--model hf`` and ``--model medmoelora`` (each method),
     and of the plain forward passes underneath (the floor), interleaved."""
     from lm_eval.models.huggingface import HFLM
@@ -195,7 +197,7 @@ def run_lm_eval(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int,
     from medmoelora_eval.lm_model import MedMoELoRALM
 
     options = {"pretrained": str(model_dir), "device": "cpu", "dtype": "float32", "batch_size": REQUEST_BATCH}
-    requests = synthetic_requests()
+    requests = synthetic_requests(count)
     hf = HFLM(**options)
     batches, tokens = request_batches(hf, requests)
     timers = {"floor": floor_step(hf.model, batches), "hf": lm_step(hf, requests)}
@@ -233,10 +235,9 @@ def run_lm_eval(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int,
 
 
 # ---- all of it -------------------------------------------------------------------------------------------
-def run(model_dir: Path, repeats: int, warmup: int) -> tuple[pd.DataFrame, dict[str, MoELoRAModel]]:
-    torch.manual_seed(0)
+def run(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup: int) -> pd.DataFrame:
+    """Training steps against LoRA's and forward passes against the base model's, with their FLOPs."""
     base = load(model_dir, None)
-    adapted = {method: load(model_dir, method) for method in METHODS}
     batch = fixed_batch(base.config.vocab_size, base)
     batches = {method: fixed_batch(base.config.vocab_size, model) for method, model in adapted.items()}
     base_flops = linear_flops_per_token(base) + attention_flops_per_token(base.config, LENGTH)
@@ -277,25 +278,33 @@ def run(model_dir: Path, repeats: int, warmup: int) -> tuple[pd.DataFrame, dict[
             f"base throughput, overhead {measured:+.1%} measured vs {predicted:+.1%} FLOPs",
             flush=True,
         )
-    return pd.DataFrame(rows), adapted
+    return pd.DataFrame(rows)
 
 
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a transformers model directory")
-    parser.add_argument("--out", type=Path, required=True, help="CSV to write: training steps and forward passes")
-    parser.add_argument("--lm-eval-out", type=Path, required=True, help="CSV to write: lm-eval loglikelihood")
+    parser.add_argument("--out", type=Path, help="CSV to write: training steps and forward passes")
+    parser.add_argument("--lm-eval-out", type=Path, help="CSV to write: lm-eval loglikelihood and the floor")
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="lm-eval requests per loglikelihood call")
     parser.add_argument("--repeats", type=int, default=5, help="paired repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
-    table, adapted = run(args.model, args.repeats, args.warmup)
-    lm_eval_table = run_lm_eval(args.model, adapted, args.repeats, args.warmup)
-    atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
-    atomic.write_text(args.lm_eval_out, lm_eval_table.to_csv(index=False, float_format="%.4f"))
-    print(f"wrote {args.out} and {args.lm_eval_out}")
+    if args.out is None and args.lm_eval_out is None:
+        raise UserError("nothing to measure: give --out (training, forward) and/or --lm-eval-out (lm-eval)")
+    torch.manual_seed(0)
+    adapted = {method: load(args.model, method) for method in METHODS}
+    if args.out is not None:
+        table = run(args.model, adapted, args.repeats, args.warmup)
+        atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
+        print(f"wrote {args.out}")
+    if args.lm_eval_out is not None:
+        lm_eval_table = run_lm_eval(args.model, adapted, args.requests, args.repeats, args.warmup)
+        atomic.write_text(args.lm_eval_out, lm_eval_table.to_csv(index=False, float_format="%.4f"))
+        print(f"wrote {args.lm_eval_out}")
     return 0
 
 

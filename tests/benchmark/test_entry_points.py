@@ -51,6 +51,11 @@ def no_tensors_of_tau(tmp: Path) -> Path:
     return path
 
 
+def model_dir(tmp: Path) -> Path:
+    (tmp / "config.json").write_text("{}")
+    return tmp
+
+
 REPORT_ARGUMENTS = ["--claims", "c.csv", "--reported", "x.csv", "--runs", "lora", "--model", "m"]
 # (module, arguments given tmp_path, what the error line must name)
 CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
@@ -74,6 +79,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
         lambda t: ["--model", str(t), "--out", str(t / "o"), "--lm-eval-out", str(t / "o")],
         "not a model directory",
     ),
+    ("perf_model", lambda t: ["--model", str(model_dir(t))], "nothing to measure"),
+    ("perf_dag", lambda t: [str(t), "--out", str(t / "o")], "no benchmark files"),
 ]
 
 
