@@ -35,6 +35,8 @@ all: setup
 # Speed benchmarks: they measure this machine, not the method, so they are not part of `all`.
 perf: setup
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 8 results/perf.csv
+	# where the workflow's time went: every job's benchmark file (results/benchmarks/), summed by stage
+	$(BIN)/python -m medmoelora_eval.perf_dag results/benchmarks --out results/perf/dag.csv
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .snakemake

@@ -87,6 +87,11 @@ class MoELoRALinear(nn.Module):
     ``task`` (g = one-hot of the batch's task id: Multi-LoRA), ``none`` (one expert, g = 1: LoRA).
     The first ``num_base_experts`` experts are base experts, held in their own parameters
     (``base_A``, ``base_B``) so that the optimiser can give them their own learning rate.
+
+    Where dropout is off, the router's rows ride along with A's: one GEMM ``x [A; W_g]^T`` gives the
+    rank slots and the router logits together. Without grad (evaluation) the concatenated weights are
+    built once and cached until a parameter changes. Where the update is the same for every token
+    (routing ``none``, or ``task`` with one task for the whole forward), `merge` folds it into W0.
     """
 
     def __init__(
@@ -134,7 +139,6 @@ class MoELoRALinear(nn.Module):
         gate_to_slot[slot_expert, torch.arange(len(slot_expert))] = slot_scale
         # A matmul rather than an index: its backward is a matmul too, where an index's is a slow scatter-add.
         self.register_buffer("gate_to_slot", gate_to_slot.to(device, adapter_dtype), persistent=False)  # (N, R)
-        self.register_buffer("slot_scale", slot_scale.to(device, adapter_dtype), persistent=False)  # (R,)
 
         if routing == "soft":
             # The router runs in fp32 whatever the model's dtype: softmax over bf16 logits is too
@@ -150,6 +154,12 @@ class MoELoRALinear(nn.Module):
         self.reset_parameters()
         self.last_router_probs: torch.Tensor | None = None
         self.reset_stats()
+        self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Top-k: tokens grouped by expert (only the k chosen experts computed) where that measured faster
+        # than the dense fused matmul pair that zeroes the others (`grouped_top_k_is_faster`).
+        self.use_grouped_top_k(top_k is not None and grouped_top_k_is_faster(self.num_experts, top_k, self.ranks))
+        self.merged_expert: int | None = None  # the expert folded into W0 by `merge`, None when unmerged
+        self._unmerged_weight: torch.Tensor | None = None  # W0's own storage while merged (restored as is)
 
     def reset_parameters(self) -> None:
         """A like nn.Linear (Kaiming-uniform), B = 0: every expert starts as a zero update, so the
@@ -182,35 +192,133 @@ class MoELoRALinear(nn.Module):
             return self.lora_A, self.lora_B
         return torch.cat([self.base_A, self.lora_A], dim=0), torch.cat([self.base_B, self.lora_B], dim=1)
 
+    def use_grouped_top_k(self, grouped: bool) -> None:
+        """Top-k on the grouped path (True) or the dense one; the router then leaves or joins A's GEMM, which
+        it shares where both see the same input in the same dtype (no dropout on A's) and A's GEMM is dense."""
+        if grouped and self.top_k is None:
+            raise UserError("the grouped path computes top-k routing; this layer has no top_k")
+        self.grouped_top_k = grouped
+        dropout_off = isinstance(self.dropout, nn.Identity)
+        same_dtype = self.lora_A.dtype == torch.float32  # the router's
+        self.router_in_a_gemm = self.router is not None and dropout_off and same_dtype and not grouped
+        self._weight_cache = None
+
+    def forward_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights one forward multiplies by: A with the router's rows below it where
+        ``router_in_a_gemm`` ((R + N, d_in), else (R, d_in)), and B (d_out, R).
+
+        With grad enabled they are concatenated afresh (autograd must reach every parameter). Without
+        grad (evaluation) the concatenation is cached, keyed by each parameter's version counter and
+        storage, so an optimizer step, ``load_state_dict``, ``copy_`` or ``.to()`` rebuilds it.
+        """
+        parts_A = [p for p in (self.base_A, self.lora_A) if p is not None]
+        parts_B = [p for p in (self.base_B, self.lora_B) if p is not None]
+        if self.router_in_a_gemm:
+            parts_A.append(self.router.weight)  # (N, d_in)
+        if len(parts_A) == 1:  # plain LoRA, Multi-LoRA: the parameters themselves, nothing to build
+            return parts_A[0], parts_B[0]
+        if torch.is_grad_enabled():
+            return torch.cat(parts_A, dim=0), torch.cat(parts_B, dim=1)
+        key = tuple(n for p in parts_A + parts_B for n in (p._version, p.data_ptr()))
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            joined = (torch.cat(parts_A, dim=0), torch.cat(parts_B, dim=1) if len(parts_B) > 1 else parts_B[0])
+            self._weight_cache = (key, joined)
+        return self._weight_cache[1]
+
     def adapter_params(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters (the frozen base layer excluded)."""
         return {name: p for name, p in self.named_parameters() if not name.startswith("base_layer.")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, d_in) -> (B, T, d_out)."""
-        result = self.base_layer(x)  # (B, T, d_out)
-        if not self.adapter_enabled:
+        result = self.base_layer(x)  # (B, T, d_out); while merged, W0 already includes the update
+        if not self.adapter_enabled or self.merged_expert is not None:
             return result
-        lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R)
-        hidden = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R)
-        gates = self.gates(x)  # (B, T, N) or (B, 1, N) or None
-        # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
-        slot_weight = self.slot_scale if gates is None else gates.to(hidden.dtype) @ self.gate_to_slot
-        hidden = hidden * slot_weight  # (B, T, R)
+        if self.grouped_top_k:
+            return result + self.grouped_top_k_update(x, self.gates(x)).to(result.dtype)  # (B, T, d_out)
+        lora_A, lora_B = self.forward_weights()  # (R [+ N], d_in), (d_out, R)
+        rank = lora_B.shape[1]
+        projected = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R [+ N])
+        hidden = projected[..., :rank]  # (B, T, R)
+        router_logits = projected[..., rank:] if self.router_in_a_gemm else None  # (B, T, N), fp32
+        gates = self.gates(x, router_logits)  # (B, T, N) or (B, 1, N) or None
+        scale = 1.0
+        if gates is None:  # LoRA: one expert, its alpha / r applied by the output GEMM (no pass over hidden)
+            scale = self.alphas[0] / self.ranks[0]
+        else:  # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
+            hidden = hidden * (gates.to(hidden.dtype) @ self.gate_to_slot)  # (B, T, R)
         if result.dtype != hidden.dtype:  # bf16 base, fp32 adapter
-            return result + F.linear(hidden, lora_B).to(result.dtype)  # (B, T, R) @ (R, d_out)
-        # result + hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
-        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t()).view_as(result)
+            return result + (scale * F.linear(hidden, lora_B)).to(result.dtype)  # (B, T, R) @ (R, d_out)
+        # result + scale * hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
+        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t(), alpha=scale).view_as(result)
+
+    def grouped_top_k_update(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """sum_i g_i(x) (alpha_i / r_i) B_i A_i x over the k experts a token chose, computed per expert on
+        the tokens that chose it: (B, T, d_in), gates (B, T, N) with k non-zeros a token -> (B, T, d_out)."""
+        lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R)
+        flat_x = self.dropout(x.to(lora_A.dtype)).reshape(-1, x.shape[-1])  # (B*T, d_in)
+        flat_gates = gates.reshape(-1, self.num_experts).to(lora_A.dtype)  # (B*T, N)
+        token, expert = flat_gates.nonzero(as_tuple=True)  # (B*T*k,) each: who chose whom
+        tokens_by_expert = token[expert.argsort(stable=True)].split(
+            torch.bincount(expert, minlength=self.num_experts).tolist()
+        )
+        update = flat_x.new_zeros(flat_x.shape[0], lora_B.shape[0])  # (B*T, d_out)
+        start = 0
+        for i, (rank, tokens) in enumerate(zip(self.ranks, tokens_by_expert, strict=True)):
+            slots = slice(start, start + rank)
+            start += rank
+            if tokens.numel() == 0:
+                continue
+            hidden = flat_x[tokens] @ lora_A[slots].t()  # (n_i, d_in) @ (d_in, r_i) -> (n_i, r_i)
+            hidden = hidden * (flat_gates[tokens, i, None] * (self.alphas[i] / rank))  # g_i alpha_i / r_i
+            update.index_add_(0, tokens, hidden @ lora_B[:, slots].t())  # (n_i, r_i) @ (r_i, d_out)
+        return update.view(*x.shape[:-1], -1)
 
     # ----------------------------------------------------------------------------------------------
-    def gates(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Expert weights g(x): (B, T, N) for soft routing, (B, 1, N) for task routing, None for LoRA."""
+    @torch.no_grad()
+    def merge(self, expert: int = 0) -> None:
+        """Fold expert ``expert``'s update into the frozen weight: W0 <- W0 + (alpha_e / r_e) B_e A_e.
+
+        Exact where the update is the same for every token: routing ``none`` (expert 0) or ``task``
+        with one task for every sequence of the forwards until `unmerge`. The merged weight is a new
+        tensor and W0's own storage is kept untouched aside, so `unmerge` restores it bit for bit.
+        """
+        if self.routing == "soft":
+            raise UserError("a soft-routed layer mixes experts per token and cannot be merged into its weight")
+        if self.merged_expert is not None:
+            raise UserError(f"this layer already has expert {self.merged_expert} merged; unmerge it first")
+        if not 0 <= expert < self.num_experts:
+            raise UserError(f"expert {expert} out of range: this layer has {self.num_experts} experts")
+        lora_A, lora_B = self.fused_weights()  # (R, d_in), (d_out, R); no base experts without soft routing
+        start = sum(self.ranks[:expert])
+        rows = slice(start, start + self.ranks[expert])
+        weight = self.base_layer.weight  # (d_out, d_in)
+        scale = self.alphas[expert] / self.ranks[expert]
+        # W0 + scale * B_e @ A_e in the adapter's dtype (fp32 for a bf16 base), rounded once to W0's dtype
+        merged = torch.addmm(weight.to(lora_A.dtype), lora_B[:, rows], lora_A[rows], alpha=scale)  # (d_out, d_in)
+        self._unmerged_weight = weight.data
+        weight.data = merged.to(weight.dtype)
+        self.merged_expert = expert
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put W0's own storage back (bit for bit the weight before `merge`)."""
+        if self.merged_expert is None:
+            return
+        self.base_layer.weight.data = self._unmerged_weight
+        self._unmerged_weight = None
+        self.merged_expert = None
+
+    # ----------------------------------------------------------------------------------------------
+    def gates(self, x: torch.Tensor, router_logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Expert weights g(x): (B, T, N) for soft routing, (B, 1, N) for task routing, None for LoRA.
+        ``router_logits`` (B, T, N): W_g x where the forward computed it in A's GEMM."""
         if self.routing == "none":
             return None
         if self.routing == "task":
             gates = self._task_gates(x)
         else:
-            probs = self.router_probs(x)  # (B, T, N), fp32
+            probs = self.router_probs(x, router_logits)  # (B, T, N), fp32
             gates = probs if self.top_k is None else _keep_top_k(probs, self.top_k)
             if self.context.keep_router_probs and not self.context.is_recomputation:
                 self.last_router_probs = probs
@@ -218,9 +326,9 @@ class MoELoRALinear(nn.Module):
             self._accumulate_stats(gates.expand(*x.shape[:-1], self.num_experts))
         return gates
 
-    def router_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """softmax(W_g x / tau) in fp32: (B, T, d_in) -> (B, T, N)."""
-        logits = self.router(x.float())  # (B, T, N)
+    def router_probs(self, x: torch.Tensor, router_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(W_g x / tau) in fp32: (B, T, d_in) -> (B, T, N); W_g x is ``router_logits`` if given."""
+        logits = self.router(x.float()) if router_logits is None else router_logits  # (B, T, N)
         return torch.softmax(logits / self.log_temperature.exp(), dim=-1)
 
     def _task_gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,3 +379,16 @@ def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
     top_values = top_values / top_values.sum(dim=-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, top_index, top_values)
+
+
+def grouped_top_k_is_faster(num_experts: int, top_k: int, ranks: list[int]) -> bool:
+    """Whether computing only the chosen experts, tokens grouped by expert, beats the dense fused matmul
+    pair for this layer. The rule is the crossover `medmoelora_eval.perf_layer --top-k` measured
+    (README.md, Performance): the grouped path pays a gather, a scatter-add and a small GEMM pair per
+    expert, so it wins only where it skips most of the rank slots."""
+    skipped_share = 1.0 - top_k / num_experts
+    return skipped_share >= GROUPED_TOP_K_MIN_SKIPPED and min(ranks) >= GROUPED_TOP_K_MIN_RANK
+
+
+GROUPED_TOP_K_MIN_SKIPPED = 2.0  # placeholder until measured: never
+GROUPED_TOP_K_MIN_RANK = 0

@@ -222,9 +222,35 @@ class MoELoRAModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     @contextmanager
+    def merged(self, expert: int | None = None) -> Iterator[None]:
+        """Evaluate with the adapter folded into the frozen weights inside the block; W0 comes back
+        bit for bit on exit. Exact, and as fast as the base model, where the update is the same for
+        every token: plain LoRA (routing 'none', ``expert`` None) or Multi-LoRA (routing 'task') with
+        every forward inside the block routed to ``expert``. Soft routing mixes experts per token and
+        cannot be merged. For evaluation only: merged weights get no gradient.
+        """
+        routing = self.adapter_config.routing
+        if routing == "soft":
+            raise UserError("soft routing mixes experts per token; only 'none' and 'task' routing can be merged")
+        if routing == "task" and expert is None:
+            raise UserError("a task-routed adapter merges one expert at a time; pass merged(expert=<task index>)")
+        if routing == "none" and expert not in (None, 0):
+            raise UserError(f"a LoRA adapter has one expert (0), got expert={expert}")
+        layers = list(self.adapter_layers().values())
+        try:
+            for layer in layers:
+                layer.merge(expert or 0)
+            yield
+        finally:
+            for layer in layers:
+                layer.unmerge()
+
+    @contextmanager
     def disable_adapters(self) -> Iterator[None]:
         """Run the untouched base model inside the block."""
         layers = list(self.adapter_layers().values())
+        if any(layer.merged_expert is not None for layer in layers):
+            raise UserError("the adapter is merged into the base weights; disable it outside `merged()`")
         for layer in layers:
             layer.adapter_enabled = False
         try:

@@ -12,6 +12,11 @@ Multi-LoRA adapters (routing 'task') need a task id per sequence: requests are g
 their lm-eval task maps to (`medmoelora_eval.task_routing`), each group runs through HFLM on its own
 with that id set for every forward, and the results go back in the original order. Soft and none
 routing need no ids and take HFLM's path unchanged.
+
+Where the adapter's update is the same for every token of a request call (plain LoRA; Multi-LoRA
+within one expert's group) it is folded into the frozen weights for that call and taken out after
+(`MoELoRAModel.merged`), so these adapters evaluate at the base model's speed. ``merge=False`` keeps
+the unmerged path (same results up to float rounding; for comparison).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def _check_pretrained(pretrained: Any) -> None:
 class MedMoELoRALM(HFLM):
     """HFLM plus ``adapter=DIR`` (a directory that `medmoelora.save_adapter` wrote)."""
 
-    def __init__(self, pretrained: Any = None, adapter: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: Any = None, adapter: str | None = None, merge: bool = True, **kwargs: Any) -> None:
         with one_line_user_errors():
             if not pretrained:
                 raise UserError("--model medmoelora needs the base model: --model_args pretrained=BASE_DIR,adapter=DIR")
@@ -72,6 +77,7 @@ class MedMoELoRALM(HFLM):
         config = self.adapted.adapter_config
         self.task_router = TaskRouter(config, self.adapter) if config.routing == "task" else None
         self._active_expert: int | None = None
+        self.merge = bool(merge) and config.routing != "soft"  # soft routing differs per token: no merge
 
     # ---- requests: grouped by expert for task routing -----------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -91,13 +97,14 @@ class MedMoELoRALM(HFLM):
     ) -> list[Result]:
         """Run ``run`` once per expert on that expert's requests; results in the original order."""
         if self.task_router is None or not requests:
-            return run(requests, disable_tqdm=disable_tqdm)
+            with self._merged(None):
+                return run(requests, disable_tqdm=disable_tqdm)
         with one_line_user_errors():
             groups = self.task_router.group(requests)
         results: list[Any] = [None] * len(requests)
         for expert in self._shared_expert_order(groups):
             positions = groups.get(expert, [])
-            with self._expert(expert), self._cache_writes(enabled=bool(positions)):
+            with self._expert(expert), self._merged(expert), self._cache_writes(enabled=bool(positions)):
                 # A rank without requests for an expert that another rank has still runs one (discarded),
                 # so that HFLM's collectives (auto batch size, rolling-window padding) pair up across ranks.
                 outputs = run([requests[i] for i in positions] or requests[:1], disable_tqdm=disable_tqdm)
@@ -121,6 +128,10 @@ class MedMoELoRALM(HFLM):
             yield
         finally:
             self._active_expert = None
+
+    def _merged(self, expert: int | None) -> Any:
+        """The adapter folded into the weights for one request call (or one expert's group)."""
+        return self.adapted.merged(expert) if self.merge else nullcontext()
 
     @contextmanager
     def _cache_writes(self, enabled: bool) -> Iterator[None]:
@@ -156,5 +167,7 @@ class MedMoELoRALM(HFLM):
     def get_model_info(self) -> dict[str, Any]:
         config = self.adapted.adapter_config
         info = super().get_model_info()
-        info.update(adapter=self.adapter, adapter_method=config.method, adapter_routing=config.routing)
+        info.update(
+            adapter=self.adapter, adapter_method=config.method, adapter_routing=config.routing, merged=self.merge
+        )
         return info

@@ -5,7 +5,11 @@ fp32, 2048 tokens, at SmolLM2-135M's shapes. The implementations and the frozen 
 timed side by side in each repetition (interleaved); each reported ratio is the median over repetitions
 of the paired ratio, for the whole layer and for the adapter path alone (layer minus base).
 
-    python -m medmoelora_eval.perf_layer --out results/perf/layer.csv
+With ``--top-k-out``, also top-k routing's two paths side by side: the dense fused matmul pair (every
+expert's rank slots computed, the unchosen ones zeroed) and tokens grouped by expert (only the chosen
+experts computed), forward alone (evaluation) and forward + backward (training), across N, k and rank.
+
+    python -m medmoelora_eval.perf_layer --out results/perf/layer.csv --top-k-out results/perf/top_k.csv
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 
 from medmoelora import atomic
 from medmoelora.errors import command_main
-from medmoelora.layer import MoELoRALinear, RoutingContext
+from medmoelora.layer import MoELoRALinear, RoutingContext, grouped_top_k_is_faster
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
 NUM_EXPERTS = (1, 2, 4, 8, 16)
@@ -152,13 +156,83 @@ def run(repeats: int, warmup: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Top-k: (N, k) pairs and ranks, at the MLP up-projection's shape (the most common adapted shape)
+TOP_K_SHAPE = (576, 1536)
+TOP_K_ROUTING = ((4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2))
+TOP_K_RANKS = (8, 32)
+
+
+def top_k_layers(num_experts: int, top_k: int, rank: int) -> dict[str, MoELoRALinear]:
+    """The same top-k layer (same weights) twice: on the dense fused path and on the grouped one."""
+    layers = {}
+    for path in ("dense", "grouped"):
+        torch.manual_seed(0)
+        base = nn.Linear(*TOP_K_SHAPE, bias=False).requires_grad_(False)
+        experts = [rank] * num_experts
+        layer = MoELoRALinear(base, experts, [2.0 * rank] * num_experts, RoutingContext(), top_k=top_k)
+        for parameter in layer.adapter_params().values():
+            nn.init.normal_(parameter, std=0.02) if parameter.requires_grad else None
+        layer.use_grouped_top_k(path == "grouped")
+        layers[path] = layer
+    return layers
+
+
+def forward_timer(layer: nn.Module, d_in: int) -> Callable[[], float]:
+    x = torch.randn(1, TOKENS, d_in)
+
+    @torch.no_grad()
+    def step() -> float:
+        started = time.perf_counter()
+        layer(x)
+        return time.perf_counter() - started
+
+    return step
+
+
+def run_top_k(repeats: int, warmup: int) -> pd.DataFrame:
+    rows = []
+    d_in, d_out = TOP_K_SHAPE
+    for num_experts, top_k in TOP_K_ROUTING:
+        for rank in TOP_K_RANKS:
+            layers = top_k_layers(num_experts, top_k, rank)
+            timers = {
+                **{f"{path}_forward": forward_timer(layer, d_in) for path, layer in layers.items()},
+                **{f"{path}_train": step_timer(layer, d_in, d_out) for path, layer in layers.items()},
+            }
+            for _ in range(warmup):
+                for timer in timers.values():
+                    timer()
+            samples: dict[str, list[float]] = {name: [] for name in timers}
+            for _ in range(repeats):
+                for name, timer in timers.items():  # interleaved: paired measurements
+                    samples[name].append(timer())
+            paired = _paired_ratio(samples)
+            row = {"d_in": d_in, "d_out": d_out, "num_experts": num_experts, "top_k": top_k, "rank": rank}
+            for phase in ("forward", "train"):
+                row[f"dense_{phase}_ms"] = 1e3 * statistics.median(samples[f"dense_{phase}"])
+                row[f"grouped_{phase}_ms"] = 1e3 * statistics.median(samples[f"grouped_{phase}"])
+                row[f"dense_over_grouped_{phase}"] = paired(f"dense_{phase}", f"grouped_{phase}")
+            row["layer_uses_grouped"] = grouped_top_k_is_faster(num_experts, top_k, [rank] * num_experts)
+            row["repeats"] = repeats
+            rows.append(row)
+            print(
+                f"top-{top_k} of N={num_experts:2d} r={rank:2d}: dense / grouped forward "
+                f"{row['dense_over_grouped_forward']:.2f}x, train {row['dense_over_grouped_train']:.2f}x",
+                flush=True,
+            )
+    return pd.DataFrame(rows)
+
+
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
     parser.add_argument("--repeats", type=int, default=7, help="paired repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--top-k-out", type=Path, help="CSV to write: top-k's dense and grouped paths")
     args = parser.parse_args(argv)
+    if args.top_k_out:
+        atomic.write_text(args.top_k_out, run_top_k(args.repeats, args.warmup).to_csv(index=False, float_format="%.4f"))
     table = run(args.repeats, args.warmup)
     atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     at_eight = table[table.num_experts == 8]

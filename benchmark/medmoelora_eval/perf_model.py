@@ -5,9 +5,14 @@
 - evaluation: one forward pass (no grad) of each adapted model against the untouched base model,
   i.e. the throughput ratio of ``--model medmoelora`` to ``--model hf`` on the same requests;
 - the floor: the FLOPs each adapter adds per token over the base model's, computed from the shapes,
-  beside the measured overhead (measured / predicted).
+  beside the measured overhead (measured / predicted);
+- the path users run: lm-eval's own ``loglikelihood`` on the same requests through ``--model hf`` (HFLM on
+  the base model) and ``--model medmoelora`` with each method's adapter (merged where the update is the
+  same for every token), against a plain forward pass of the base model over the very batches HFLM
+  builds from those requests (the machine's limit: what is left once request handling is free).
 
-    python -m medmoelora_eval.perf_model --model resources/models/smollm2-135m --out results/perf/model.csv
+    python -m medmoelora_eval.perf_model --model resources/models/smollm2-135m --out results/perf/model.csv \
+        --lm-eval-out results/perf/lm_eval.csv
 """
 
 from __future__ import annotations
@@ -15,19 +20,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
-from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter
+from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter, save_adapter
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_PUBMEDQA
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
+# lm-eval requests: PubMedQA-like (a long context, a one-word answer), as many as two batches of 8 hold
+REQUESTS, REQUEST_BATCH, CONTEXT_WORDS = 16, 8, (120, 200)
+REQUEST_TASK = EVAL_PUBMEDQA  # requests named after its lm-eval task: Multi-LoRA routes them to its expert
 
 
 def linear_flops_per_token(model: torch.nn.Module) -> float:
@@ -117,10 +128,116 @@ def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
 
-def run(model_dir: Path, repeats: int, warmup: int) -> pd.DataFrame:
-    torch.manual_seed(0)
+# ---- the path users run: lm-eval's loglikelihood --------------------------------------------------------
+def synthetic_requests(count: int = REQUESTS) -> list[Any]:
+    """PubMedQA-shaped loglikelihood requests (a context of 120-200 words, " yes" / " no" / " maybe"), made
+    from a fixed word list so that the benchmark needs no prepared data; timing depends on lengths only."""
+    from lm_eval.api.instance import Instance
+
+    words = __doc__.split()  # any fixed English text: this module's docstring
+    generator = torch.Generator().manual_seed(0)
+    requests = []
+    for doc_id in range(count):
+        length = int(torch.randint(*CONTEXT_WORDS, (1,), generator=generator))
+        picks = torch.randint(0, len(words), (length,), generator=generator).tolist()
+        context = "Context: " + " ".join(words[i] for i in picks) + "\nAnswer:"
+        arguments = (context, (" yes", " no", " maybe")[doc_id % 3])
+        doc = {"task_id": REQUEST_TASK.routing_task.name}
+        metadata = (REQUEST_TASK.lm_eval_task, doc_id, 1)
+        requests.append(Instance("loglikelihood", doc=doc, arguments=arguments, idx=0, metadata=metadata))
+    return requests
+
+
+def lm_step(lm: Any, requests: list[Any]) -> Callable[[], float]:
+    """One ``loglikelihood`` call over every request: the request phase of an lm-eval run."""
+
+    def step() -> float:
+        started = time.perf_counter()
+        lm.loglikelihood(requests, disable_tqdm=True)
+        return time.perf_counter() - started
+
+    return step
+
+
+def request_batches(lm: Any, requests: list[Any]) -> tuple[list[torch.Tensor], int]:
+    """The input batches HFLM's loglikelihood feeds the model for ``requests`` (context + continuation minus
+    its last token, longest first, right-padded, ``batch_size`` a batch) and their number of real tokens."""
+    sequences = []
+    for request in requests:
+        context, continuation = lm._encode_pair(*request.args)
+        sequences.append(torch.tensor((context + continuation)[-(lm.max_length + 1) :][:-1]))
+    sequences.sort(key=len, reverse=True)
+    batches = [
+        torch.nn.utils.rnn.pad_sequence(sequences[start : start + lm.batch_size], batch_first=True)
+        for start in range(0, len(sequences), lm.batch_size)
+    ]
+    return batches, sum(len(sequence) for sequence in sequences)
+
+
+def floor_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> Callable[[], float]:
+    """The same model forwards HFLM makes (``model(inps).logits``), with nothing around them."""
+
+    @torch.no_grad()
+    def step() -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            model(batch)  # logits over the vocabulary included, as in HFLM
+        return time.perf_counter() - started
+
+    return step
+
+
+def run_lm_eval(
+    model_dir: Path, adapted: dict[str, MoELoRAModel], count: int, repeats: int, warmup: int
+) -> pd.DataFrame:
+    """Throughput of ``loglikelihood`` through ``--model hf`` and ``--model medmoelora`` (each method),
+    and of the plain forward passes underneath (the floor), interleaved."""
+    from lm_eval.models.huggingface import HFLM
+
+    from medmoelora_eval.lm_model import MedMoELoRALM
+
+    options = {"pretrained": str(model_dir), "device": "cpu", "dtype": "float32", "batch_size": REQUEST_BATCH}
+    requests = synthetic_requests(count)
+    hf = HFLM(**options)
+    batches, tokens = request_batches(hf, requests)
+    timers = {"floor": floor_step(hf.model, batches), "hf": lm_step(hf, requests)}
+    lms = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for method, model in adapted.items():
+            adapter = save_adapter(model, Path(scratch) / method)
+            lms[method] = MedMoELoRALM(adapter=str(adapter), **options)
+            timers[method] = lm_step(lms[method], requests)
+    print(f"lm-eval loglikelihood, {len(requests)} requests ({tokens} tokens), {repeats} repetitions ...", flush=True)
+    samples = paired(timers, repeats, warmup)
+    rows = []
+    for path in timers:
+        seconds = statistics.median(samples[path])
+        rows.append(
+            {
+                "path": path,
+                "merged": bool(getattr(lms.get(path), "merge", False)),
+                "requests": len(requests),
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "throughput_over_hf": 1.0 / median_ratio(samples, path, "hf"),
+                "throughput_over_floor": 1.0 / median_ratio(samples, path, "floor"),
+                "repeats": repeats,
+            }
+        )
+        row = rows[-1]
+        print(
+            f"{path:13s} {row['tokens_per_s']:7.1f} tokens/s, {row['throughput_over_hf']:.3f}x --model hf, "
+            f"{row['throughput_over_floor']:.3f}x the plain forward",
+            flush=True,
+        )
+    return pd.DataFrame(rows)
+
+
+# ---- all of it -------------------------------------------------------------------------------------------
+def run(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup: int) -> pd.DataFrame:
+    """Training steps against LoRA's and forward passes against the base model's, with their FLOPs."""
     base = load(model_dir, None)
-    adapted = {method: load(model_dir, method) for method in METHODS}
     batch = fixed_batch(base.config.vocab_size, base)
     batches = {method: fixed_batch(base.config.vocab_size, model) for method, model in adapted.items()}
     base_flops = linear_flops_per_token(base) + attention_flops_per_token(base.config, LENGTH)
@@ -168,15 +285,26 @@ def run(model_dir: Path, repeats: int, warmup: int) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a transformers model directory")
-    parser.add_argument("--out", type=Path, required=True, help="CSV to write")
+    parser.add_argument("--out", type=Path, help="CSV to write: training steps and forward passes")
+    parser.add_argument("--lm-eval-out", type=Path, help="CSV to write: lm-eval loglikelihood and the floor")
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="lm-eval requests per loglikelihood call")
     parser.add_argument("--repeats", type=int, default=5, help="paired repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
-    table = run(args.model, args.repeats, args.warmup)
-    atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
-    print(f"wrote {args.out}")
+    if args.out is None and args.lm_eval_out is None:
+        raise UserError("nothing to measure: give --out (training, forward) and/or --lm-eval-out (lm-eval)")
+    torch.manual_seed(0)
+    adapted = {method: load(args.model, method) for method in METHODS}
+    if args.out is not None:
+        table = run(args.model, adapted, args.repeats, args.warmup)
+        atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
+        print(f"wrote {args.out}")
+    if args.lm_eval_out is not None:
+        lm_eval_table = run_lm_eval(args.model, adapted, args.requests, args.repeats, args.warmup)
+        atomic.write_text(args.lm_eval_out, lm_eval_table.to_csv(index=False, float_format="%.4f"))
+        print(f"wrote {args.lm_eval_out}")
     return 0
 
 

@@ -20,7 +20,8 @@ for it. Accuracies are percent and their changes percentage points; a loss such 
 as it is. A column whose fields the per-document results do not carry (gold log-probability without the
 choices' loglikelihoods) is left out; one that only some runs carry is an error.
 Training metrics (parameters, tau, cost) come from ``results/train/<run>/seed<k>/``: parameter counts
-are the same for every seed; timings and tau are means over the seeds.
+are the same for every seed; timings and tau are means over the seeds. In the workflow, table 5's wall
+time and peak memory are the training jobs' own, from Snakemake's benchmark files (``--benchmarks``).
 """
 
 from __future__ import annotations
@@ -240,21 +241,44 @@ def forgetting_table(
     return pd.DataFrame.from_records(records)
 
 
-def cost_table(rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
-    """Table 5: parameters and training cost, timings averaged over seeds (they vary between machines)."""
+def cost_table(
+    rows: dict[str, str], train_dir: Path, seeds: Sequence[int], benchmarks: Path | None = None
+) -> pd.DataFrame:
+    """Table 5: parameters and training cost, timings averaged over seeds (they vary between machines).
+
+    With ``benchmarks`` (Snakemake's ``benchmark:`` files, ``<benchmarks>/train/<run>/seed<k>.tsv``), wall
+    time and peak memory are the whole training job's as Snakemake measured them (seconds ``s``, resident
+    set ``max_rss`` in MB); without, the training loop's own figures from ``train_metrics.json``."""
     records = []
     for label, run in rows.items():
         metrics = train_metrics(train_dir, run, seeds)
+        if benchmarks is None:
+            peak, wall = [m["peak_memory_mb"] for m in metrics], [m["wall_time_s"] for m in metrics]
+        else:
+            jobs = [snakemake_benchmark(benchmarks / "train" / run / f"seed{seed}.tsv") for seed in seeds]
+            peak, wall = [job["max_rss"] for job in jobs], [job["s"] for job in jobs]
         records.append(
             {
                 "run": label,
                 **parameters(train_dir, run, seeds),
                 "Tokens/s": float(np.mean([m["tokens_per_second"] for m in metrics])),
-                "Peak memory MB": float(np.mean([m["peak_memory_mb"] for m in metrics])),
-                "Wall time s": float(np.mean([m["wall_time_s"] for m in metrics])),
+                "Peak memory MB": float(np.mean(peak)),
+                "Wall time s": float(np.mean(wall)),
             }
         )
     return pd.DataFrame.from_records(records)
+
+
+def snakemake_benchmark(path: Path) -> dict[str, float]:
+    """A Snakemake ``benchmark:`` file's first measurement (``s``, ``max_rss`` in MB, ...); NA where the
+    platform could not measure (NaN)."""
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
+    except OSError as error:
+        raise UserError(f"{path}: {error.strerror}; run the job that writes this benchmark first") from None
+    if table.empty or not {"s", "max_rss"} <= set(table.columns):
+        raise UserError(f"{path} is not a Snakemake benchmark file (columns s, max_rss ...); re-run its job")
+    return {name: float(value) for name, value in table.iloc[0].items() if name != "h:m:s"}
 
 
 def _experts_per_layer(run_dir: Path) -> str:
@@ -323,7 +347,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace, dict[str, str]], pd.DataFrame]
     "forgetting": lambda a, rows: forgetting_table(
         _results(a, [*rows.values(), a.base]), rows, a.train_dir, a.base, a.seeds
     ),
-    "cost": lambda a, rows: cost_table(rows, a.train_dir, a.seeds),
+    "cost": lambda a, rows: cost_table(rows, a.train_dir, a.seeds, a.benchmarks),
 }
 
 
@@ -336,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds to pool (seed<k>/)")
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     parser.add_argument("--train-dir", type=Path, default=Path("results/train"))
+    parser.add_argument("--benchmarks", type=Path, help="cost: Snakemake's benchmark files (results/benchmarks)")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples per interval")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap draws")
     parser.add_argument("--out", type=Path, required=True)

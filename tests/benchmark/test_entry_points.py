@@ -51,6 +51,11 @@ def no_tensors_of_tau(tmp: Path) -> Path:
     return path
 
 
+def model_dir(tmp: Path) -> Path:
+    (tmp / "config.json").write_text("{}")
+    return tmp
+
+
 REPORT_ARGUMENTS = ["--claims", "c.csv", "--reported", "x.csv", "--runs", "lora", "--model", "m"]
 # (module, arguments given tmp_path, what the error line must name)
 CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
@@ -64,8 +69,18 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("figures", lambda t: ["temperature", str(no_tensors_of_tau(t)), "--out", str(t / "o")], "log_temperature"),
     ("report", lambda t: [*REPORT_ARGUMENTS, "--tables", str(t / "table1.csv"), "--out", str(t / "o")], "table1"),
     ("precision", lambda t: ["medqa=0"], "'medqa=0'"),
-    ("perf_report", lambda t: ["--layer", str(t / "l.csv"), "--model", "m", "--out", "o", "--figure", "f"], "l.csv"),
-    ("perf_model", lambda t: ["--model", str(t), "--out", str(t / "o")], "not a model directory"),
+    (
+        "perf_report",
+        lambda t: ["--layer", str(t / "l.csv"), "--model", "m", "--lm-eval", "e", "--out", "o", "--figure", "f"],
+        "l.csv",
+    ),
+    (
+        "perf_model",
+        lambda t: ["--model", str(t), "--out", str(t / "o"), "--lm-eval-out", str(t / "o")],
+        "not a model directory",
+    ),
+    ("perf_model", lambda t: ["--model", str(model_dir(t))], "nothing to measure"),
+    ("perf_dag", lambda t: [str(t), "--out", str(t / "o")], "no benchmark files"),
 ]
 
 

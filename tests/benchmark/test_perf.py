@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from medmoelora import AdapterConfig, inject_adapter
+from medmoelora.config import METHODS
+from medmoelora.errors import UserError
 from medmoelora.serialization import load_layer_tensors
 from medmoelora_eval import perf_layer, perf_model, perf_report
 from tests.tiny import TINY_LAYERS, make_tiny_llama
@@ -52,18 +54,116 @@ def test_layer_benchmark_writes_paired_ratios(monkeypatch, tmp_path):
     assert (table[["base_ms", "fused_ms", "loop_ms", "peft_ms", "loop_over_fused"]] > 0).all().all()
 
 
-@pytest.mark.parametrize(("train_ratio", "met"), [(1.2, True), (1.4, False)])
-def test_report_checks_each_target(train_ratio, met):
+def ratios(train: float = 1.1, med_moe_lm: float = 0.95, lora_flops: float = 1.2) -> tuple[pd.DataFrame, ...]:
+    """A layer, model and lm-eval table as the benchmarks write them, every target met unless told."""
     layer = pd.DataFrame({"num_experts": [8, 8], "loop_over_fused": [2.5, 3.0], "adapter_loop_over_fused": [4, 5]})
     model = pd.DataFrame(
         {
-            "method": ["lora", "med_moe_lora"],
-            "train_step_over_lora": [1.0, train_ratio],
-            "eval_throughput_over_base": [0.95, 0.9],
-            "measured_over_predicted": [1.1, 1.2],
+            "method": list(METHODS),
+            "train_step_over_lora": [1.0, 1.0, 1.1, train],
+            "measured_over_predicted": [lora_flops, 1.0, 1.1, 1.2],
         }
     )
-    targets = perf_report.summarize(layer, model).set_index("target")
-    assert targets.loc["fused layer vs per-expert loop at N = 8 (speed-up)", "measured"] == 2.75
-    assert bool(targets.loc["med_moe_lora training step / lora's", "met"]) is met
-    assert targets["met"].sum() == 4 + met
+    lm_eval = pd.DataFrame(
+        {
+            "path": ["floor", "hf", *METHODS],
+            "throughput_over_hf": [1.1, 1.0, 0.99, 0.985, 0.94, med_moe_lm],
+            "throughput_over_floor": [1.0, 0.9, 0.89, 0.88, 0.85, 0.8],
+        }
+    )
+    return layer, model, lm_eval
+
+
+@pytest.mark.parametrize(
+    ("changes", "missed"),
+    [
+        ({}, None),
+        ({"train": 1.25}, "med_moe_lora training step / lora's"),
+        ({"med_moe_lm": 0.9}, "med_moe_lora: --model medmoelora / --model hf throughput (soft routing)"),
+        ({"lora_flops": 1.4}, "lora: measured / FLOP-predicted forward overhead (unmerged)"),
+    ],
+)
+def test_report_checks_each_target(changes, missed):
+    targets = perf_report.summarize(*ratios(**changes)).set_index("target")
+    assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "measured"] == 2.75
+    bounded = targets[targets.bound != ""]
+    assert len(bounded) == len(targets) - 2  # the two floor rows are reported, not bounded
+    assert [name for name, met in bounded.met.items() if not met] == ([missed] if missed else [])
+    assert (
+        targets.loc["--model hf request phase / plain forward of its batches (the machine's limit)", "measured"] == 0.9
+    )
+
+
+def test_readme_table_is_rewritten_between_its_markers():
+    targets = perf_report.summarize(*ratios(train=1.25))
+    readme = f"# T\n\nbefore\n{perf_report.START}\nold table\n{perf_report.END}\nafter\n"
+    written = perf_report.readme_with_targets(readme, targets)
+    assert written.startswith("# T\n\nbefore\n") and written.endswith(f"{perf_report.END}\nafter\n")
+    assert "old table" not in written
+    cells = [line.strip()[1:-1].split("|")[-1].strip() for line in written.splitlines() if line.startswith("| ")]
+    assert cells == ["met", *["met"] * 7, "missed", "met", "met", "", ""]  # the header, then one per target
+    assert "| med_moe_lora training step / lora's" in written
+    with pytest.raises(UserError, match="no perf-targets markers"):
+        perf_report.readme_with_targets("# no markers\n", targets)
+
+
+def test_requests_and_their_batches_are_what_hflm_computes_on(tiny_model_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    requests = perf_model.synthetic_requests(5)
+    assert len({request.args for request in requests}) == 5
+    assert all(request.args[1] in (" yes", " no", " maybe") for request in requests)
+    lm = HFLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=2)
+    batches, tokens = perf_model.request_batches(lm, requests)
+    assert [batch.shape[0] for batch in batches] == [2, 2, 1]
+    assert [batch.shape[1] for batch in batches] == sorted((batch.shape[1] for batch in batches), reverse=True)
+    pairs = [lm._encode_pair(*request.args) for request in requests]
+    expected = sum(len(context) + len(continuation) - 1 for context, continuation in pairs)
+    assert tokens == expected
+
+
+def test_top_k_benchmark_times_both_paths_of_the_same_layer(monkeypatch, tmp_path):
+    monkeypatch.setattr(perf_layer, "TOP_K_SHAPE", (16, 24))
+    monkeypatch.setattr(perf_layer, "TOP_K_ROUTING", ((4, 1),))
+    monkeypatch.setattr(perf_layer, "TOP_K_RANKS", (4,))
+    monkeypatch.setattr(perf_layer, "SHAPES", ((16, 24),))
+    monkeypatch.setattr(perf_layer, "NUM_EXPERTS", (1,))
+    monkeypatch.setattr(perf_layer, "RANKS", (4,))
+    monkeypatch.setattr(perf_layer, "TOKENS", 32)
+    dense, grouped = perf_layer.top_k_layers(4, 1, 4).values()
+    assert not dense.grouped_top_k and grouped.grouped_top_k
+    assert all(torch.equal(p, q) for p, q in zip(dense.parameters(), grouped.parameters(), strict=True))
+    arguments = ["--out", str(tmp_path / "l.csv"), "--top-k-out", str(tmp_path / "k.csv"), "--repeats", "2"]
+    assert perf_layer.main([*arguments, "--warmup", "0"]) == 0
+    table = pd.read_csv(tmp_path / "k.csv")
+    assert (table[["dense_forward_ms", "grouped_forward_ms", "dense_over_grouped_train"]] > 0).all().all()
+
+
+def write_benchmark(path, seconds: float, rss: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    path.write_text(header + f"{seconds}\t0:00:01\t{rss}\t1\t1\t1\t0\t0\t90\t{seconds * 0.9}\n")
+
+
+def test_dag_breakdown_sums_jobs_by_stage_and_splits_lm_eval_start_up(tmp_path):
+    from medmoelora_eval import perf_dag
+
+    benchmarks, eval_dir = tmp_path / "benchmarks", tmp_path / "eval"
+    write_benchmark(benchmarks / "prepare_data" / "prepare_data.tsv", 10.0, 300.0)
+    write_benchmark(benchmarks / "train" / "lora" / "seed0.tsv", 100.0, 2000.0)
+    write_benchmark(benchmarks / "train" / "lora" / "seed1.tsv", 120.0, 2100.0)
+    write_benchmark(benchmarks / "eval" / "lora" / "seed0.tsv", 50.0, 1500.0)
+    write_benchmark(benchmarks / "eval" / "base.tsv", 40.0, 1400.0)  # no lm-eval results: all evaluation
+    write_benchmark(benchmarks / "table1" / "table1.tsv", 2.0, 100.0)
+    (eval_dir / "lora" / "seed0").mkdir(parents=True)
+    (eval_dir / "lora" / "seed0" / "lm_eval_results.json").write_text('{"total_evaluation_time_seconds": "35.0"}')
+    out = tmp_path / "dag.csv"
+    assert perf_dag.main([str(benchmarks), "--eval-dir", str(eval_dir), "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("stage")
+    assert list(table.index) == ["data", "training", perf_dag.STARTUP, "evaluation", perf_dag.OTHER]
+    assert table.loc["training", "wall_s"] == 220.0 and table.loc["training", "jobs"] == 2
+    assert table.loc["training", "max_rss_mb"] == 2100.0
+    assert table.loc["evaluation", "wall_s"] == 75.0 and table.loc[perf_dag.STARTUP, "wall_s"] == 15.0
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert perf_dag.main([str(tmp_path / "none"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert not (tmp_path / "o.csv").exists()

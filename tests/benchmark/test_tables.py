@@ -154,3 +154,22 @@ def test_cli_writes_interval_columns_and_fails_in_one_line(dirs: tuple[Path, Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "seed5" in err[0]
     assert not missing.exists()
+
+
+def test_cost_takes_wall_time_and_peak_memory_from_snakemakes_benchmark_files(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, train_dir = dirs
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for seed, (seconds, rss) in zip(SEEDS, [(100.0, 2000.0), (300.0, 3000.0)], strict=True):
+        path = tmp_path / "train" / "lora" / f"seed{seed}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:01:40\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
+    cost = tables.cost_table({"lora": "lora"}, train_dir, SEEDS, benchmarks=tmp_path)
+    assert list(cost["Wall time s"]) == [200.0] and list(cost["Peak memory MB"]) == [2500.0]
+    assert list(cost["Tokens/s"]) == list(tables.cost_table({"lora": "lora"}, train_dir, SEEDS)["Tokens/s"])
+    (tmp_path / "train" / "lora" / "seed1.tsv").write_text("not\ta benchmark\n")
+    with pytest.raises(UserError, match=r"seed1.tsv is not a Snakemake benchmark file"):
+        tables.cost_table({"lora": "lora"}, train_dir, SEEDS, benchmarks=tmp_path)
+    with pytest.raises(UserError, match=r"med/seed0.tsv: No such file"):
+        tables.cost_table({"med": "med"}, train_dir, SEEDS, benchmarks=tmp_path)

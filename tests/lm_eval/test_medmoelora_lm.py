@@ -85,3 +85,21 @@ def test_soft_routing_needs_no_task(tiny_model_dir: Path, adapters: dict[str, Pa
 def test_adapter_argument_is_required(tiny_model_dir: Path) -> None:
     with pytest.raises(UserError, match="needs the adapter"):
         MedMoELoRALM(pretrained=str(tiny_model_dir), device="cpu")
+
+
+@pytest.mark.parametrize("preset", ["lora", "multi_lora"])
+def test_merged_evaluation_equals_the_unmerged_path_and_restores_the_weights(
+    tiny_model_dir: Path, adapters: dict[str, Path], preset: str
+) -> None:
+    def lm(merge: bool) -> MedMoELoRALM:
+        return MedMoELoRALM(pretrained=str(tiny_model_dir), adapter=str(adapters[preset]), device="cpu", merge=merge)
+
+    merged, unmerged = lm(True), lm(False)
+    before = {name: tensor.clone() for name, tensor in merged.model.state_dict().items()}
+    requests = [request(task, PROMPT, doc_id=i) for i, task in enumerate(MIXED)]
+    expected = [value for value, _ in unmerged.loglikelihood(requests)]
+    assert merged.merge and not unmerged.merge
+    results = [value for value, _ in merged.loglikelihood(requests)]
+    torch.testing.assert_close(torch.tensor(results), torch.tensor(expected))
+    after = merged.model.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in before.items())

@@ -11,6 +11,8 @@ rule claims:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
     log:
         "logs/claims/claims.log",
+    benchmark:
+        "results/benchmarks/claims/claims.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -28,6 +30,8 @@ rule figure_claims:
         report("results/figures/claims.png", caption="../report/claims_figure.rst", category="Claims"),
     log:
         "logs/figure_claims/figure_claims.log",
+    benchmark:
+        "results/benchmarks/figure_claims/figure_claims.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:

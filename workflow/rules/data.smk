@@ -6,6 +6,8 @@ rule prepare_data:
         directory(DATA_DIR),
     log:
         "logs/prepare_data/prepare_data.log",
+    benchmark:
+        "results/benchmarks/prepare_data/prepare_data.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:

@@ -15,6 +15,8 @@ rule eval_samples:
         "results/eval/samples.json",
     log:
         "logs/eval_samples/eval_samples.log",
+    benchmark:
+        "results/benchmarks/eval_samples/eval_samples.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -35,6 +37,8 @@ rule eval:
         full="results/eval/{model}/lm_eval_results.json",
     log:
         "logs/eval/{model}.log",
+    benchmark:
+        "results/benchmarks/eval/{model}.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("eval", "threads")

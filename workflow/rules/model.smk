@@ -6,6 +6,8 @@ rule materialize_model:
         directory(MODEL_DIR),
     log:
         f"logs/materialize_model/{config['model']['name']}.log",
+    benchmark:
+        f"results/benchmarks/materialize_model/{config['model']['name']}.tsv"
     conda:
         "../envs/medmoelora.yaml"
     resources:

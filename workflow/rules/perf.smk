@@ -7,6 +7,8 @@ rule perf_layer:
         "results/perf/layer.csv",
     log:
         "logs/perf_layer/perf_layer.log",
+    benchmark:
+        "results/benchmarks/perf_layer/perf_layer.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
@@ -18,28 +20,36 @@ rule perf_model:
     input:
         model=MODEL_DIR,
     output:
-        "results/perf/model.csv",
+        model="results/perf/model.csv",
+        lm_eval="results/perf/lm_eval.csv",
     log:
         "logs/perf_model/perf_model.log",
+    benchmark:
+        "results/benchmarks/perf_model/perf_model.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
     shell:
-        "python -m medmoelora_eval.perf_model --model {input.model} --out {output} > {log} 2>&1"
+        "python -m medmoelora_eval.perf_model --model {input.model} --out {output.model}"
+        " --lm-eval-out {output.lm_eval} > {log} 2>&1"
 
 
 rule perf:
     input:
         layer="results/perf/layer.csv",
         model="results/perf/model.csv",
+        lm_eval="results/perf/lm_eval.csv",
     output:
         csv="results/perf.csv",
         figure="results/figures/perf.png",
         targets="results/perf/targets.csv",
     log:
         "logs/perf/perf.log",
+    benchmark:
+        "results/benchmarks/perf/perf.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
-        "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model} --out {output.csv}"
+        "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model}"
+        " --lm-eval {input.lm_eval} --out {output.csv}"
         " --figure {output.figure} --targets {output.targets} > {log} 2>&1"

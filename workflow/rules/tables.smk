@@ -12,6 +12,8 @@ rule table1:
         report("results/table1.csv", caption="../report/table1.rst", category="Tables"),
     log:
         "logs/table1/table1.log",
+    benchmark:
+        "results/benchmarks/table1/table1.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -32,6 +34,8 @@ rule table2:
         report("results/table2.csv", caption="../report/table2.rst", category="Tables"),
     log:
         "logs/table2/table2.log",
+    benchmark:
+        "results/benchmarks/table2/table2.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -50,6 +54,8 @@ rule table3:
         report("results/table3.csv", caption="../report/table3.rst", category="Tables"),
     log:
         "logs/table3/table3.log",
+    benchmark:
+        "results/benchmarks/table3/table3.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -67,6 +73,8 @@ rule table4:
         report("results/table4.csv", caption="../report/table4.rst", category="Tables"),
     log:
         "logs/table4/table4.log",
+    benchmark:
+        "results/benchmarks/table4/table4.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -81,17 +89,21 @@ rule table4:
 rule table5:
     input:
         train_files(MAIN_RUNS),
+        benchmarks=[f"results/benchmarks/train/{seeded}.tsv" for run in MAIN_RUNS for seeded in run_dirs(run)],
     output:
         report("results/table5.csv", caption="../report/table5.rst", category="Tables"),
     log:
         "logs/table5/table5.log",
+    benchmark:
+        "results/benchmarks/table5/table5.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
         rows=row_args(MAIN_RUNS),
         seeds=seed_args(),
     shell:
-        "python -m medmoelora_eval.tables cost --rows {params.rows} --seeds {params.seeds} --out {output} 2> {log}"
+        "python -m medmoelora_eval.tables cost --rows {params.rows} --seeds {params.seeds}"
+        " --benchmarks results/benchmarks --out {output} 2> {log}"
 
 
 rule figure_routing:
@@ -102,6 +114,8 @@ rule figure_routing:
         report("results/figures/routing_heatmap.png", caption="../report/routing_heatmap.rst", category="Figures"),
     log:
         "logs/figure_routing/figure_routing.log",
+    benchmark:
+        "results/benchmarks/figure_routing/figure_routing.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
@@ -115,6 +129,8 @@ rule figure_forgetting:
         report("results/figures/forgetting.png", caption="../report/forgetting.rst", category="Figures"),
     log:
         "logs/figure_forgetting/figure_forgetting.log",
+    benchmark:
+        "results/benchmarks/figure_forgetting/figure_forgetting.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
@@ -128,6 +144,8 @@ rule figure_temperature:
         report("results/figures/temperature.png", caption="../report/temperature.rst", category="Figures"),
     log:
         "logs/figure_temperature/figure_temperature.log",
+    benchmark:
+        "results/benchmarks/figure_temperature/figure_temperature.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
@@ -148,6 +166,8 @@ rule report:
         report("results/report.md", caption="../report/report_md.rst", category="Report"),
     log:
         "logs/report/report.log",
+    benchmark:
+        "results/benchmarks/report/report.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:

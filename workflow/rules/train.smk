@@ -14,6 +14,8 @@ rule train:
         train_log="results/train/{run}/seed{seed}/train_log.csv",
     log:
         "logs/train/{run}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{run}/seed{seed}.tsv"
     conda:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
