@@ -4,6 +4,7 @@ python -m medmoelora_eval.figures routing results/train/med_moe_lora/seed0/routi
 python -m medmoelora_eval.figures forgetting results/table4.csv --out forgetting.png
 python -m medmoelora_eval.figures temperature results/train/med_moe_lora/seed*/adapter_model.safetensors --out tau.png
 python -m medmoelora_eval.figures claims results/claims.csv --out claims.png
+python -m medmoelora_eval.figures probe results/train/*/seed*/train_metrics.json --out general_probe.png
 
 Every figure that shows a score or a change draws its 95% interval (the ``_lo`` / ``_hi`` columns of the
 tables, ``ci_lo`` / ``ci_hi`` of the claims) as an error bar.
@@ -153,6 +154,37 @@ def temperature_plot(taus: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def read_probe(metrics: Path) -> pd.DataFrame:
+    """The general-skill monitor's checks of one training (``train_metrics.json`` ``general_probe``): step
+    and relative change of the probe loss against step 0, the base model; run and seed from the path
+    (results/train/<run>/seed<k>/train_metrics.json)."""
+    probe = json.loads(metrics.read_text(encoding="utf-8")).get("general_probe")
+    if not probe or not probe.get("history"):
+        raise UserError(
+            f"{metrics} has no general_probe history (training.monitor_steps: 0?); train with the monitor on"
+        )
+    rows = pd.DataFrame.from_records(probe["history"])[["step", "change"]]
+    return rows.assign(run=metrics.parent.parent.name, seed=metrics.parent.name)
+
+
+def probe_plot(checks: pd.DataFrame) -> plt.Figure:
+    """The general probe's loss change against the base model over training steps, one colour per run (a
+    line per seed); the paper's 1% threshold dashed. Above 0: the run forgets general-domain text."""
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    for index, (run, rows) in enumerate(checks.groupby("run", sort=False)):
+        colour = f"C{index % 10}"
+        for seed_index, (_, seed_rows) in enumerate(rows.groupby("seed", sort=True)):
+            ax.plot(seed_rows["step"], 100 * seed_rows["change"], marker="o", markersize=3, color=colour,
+                    label=run if seed_index == 0 else None)  # fmt: skip
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(1, color="grey", linestyle="--", linewidth=0.8, label="1% threshold")
+    ax.set(xlabel="optimizer step", ylabel="general probe loss change vs base (%)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize="small")
+    fig.suptitle("General-skill monitor during training")
+    return fig
+
+
 def save(fig: plt.Figure, out: Path) -> None:
     """PNG without a timestamp in its metadata, written atomically."""
     buffer = io.BytesIO()
@@ -164,12 +196,13 @@ def save(fig: plt.Figure, out: Path) -> None:
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.figures", description=__doc__.split("\n")[0])
-    parser.add_argument("figure", choices=("routing", "forgetting", "temperature", "claims"))
+    parser.add_argument("figure", choices=("routing", "forgetting", "temperature", "claims", "probe"))
     parser.add_argument(
         "source",
         type=Path,
         nargs="+",
-        help="routing_stats.json, table4.csv, claims.csv, or adapter_model.safetensors (one per seed)",
+        help="routing_stats.json, table4.csv, claims.csv, adapter_model.safetensors (one per seed), or "
+        "train_metrics.json (probe: one per run and seed, results/train/<run>/seed<k>/)",
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -178,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{missing[0]} not found; pass the {args.figure} figure's input (see --help)")
     if args.figure == "temperature":
         fig = temperature_plot(pd.concat([read_temperatures(path) for path in args.source], ignore_index=True))
+    elif args.figure == "probe":
+        fig = probe_plot(pd.concat([read_probe(path) for path in args.source], ignore_index=True))
     elif len(args.source) != 1:
         raise UserError(f"the {args.figure} figure takes one input file, got {len(args.source)}")
     elif args.figure == "routing":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,3 +72,37 @@ def test_claims_plot_draws_each_difference_with_its_interval_and_the_papers_effe
     crosses = [c for c in accuracy.collections if isinstance(c, PathCollection)]
     assert [c.get_offsets()[:, 0].tolist() for c in crosses] == [[4.5]]  # the paper's MedQA effect
     assert "gold log-prob" in logprob.get_xlabel()
+
+
+def write_probe(path, history: list[tuple[int, float]] | None) -> None:
+    path.parent.mkdir(parents=True)
+    metrics = {} if history is None else {"general_probe": {"history": [{"step": s, "change": c} for s, c in history]}}
+    path.write_text(json.dumps(metrics))
+
+
+def test_probe_plot_draws_each_run_and_seed_over_steps(tmp_path) -> None:
+    sources = []
+    for run, seed, history in [
+        ("lora", 0, [(0, 0.0), (10, 0.02), (20, 0.03)]),
+        ("lora", 1, [(0, 0.0), (10, 0.01), (20, 0.02)]),
+        ("med_moe_lora", 0, [(0, 0.0), (10, -0.01), (20, 0.005)]),
+    ]:
+        sources.append(tmp_path / run / f"seed{seed}" / "train_metrics.json")
+        write_probe(sources[-1], history)
+    checks = pd.concat([figures.read_probe(path) for path in sources], ignore_index=True)
+    fig = figures.probe_plot(checks)
+    ax = fig.axes[0]
+    runs = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+    assert len(runs) == 3  # a line per run and seed
+    assert list(runs[0].get_ydata()) == pytest.approx([0.0, 2.0, 3.0])  # percent
+    assert runs[0].get_color() == runs[1].get_color() != runs[2].get_color()  # one colour per run
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["lora", "med_moe_lora", "1% threshold"]
+
+
+def test_probe_figure_without_monitor_history_fails_in_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "lora" / "seed0" / "train_metrics.json"
+    write_probe(path, None)
+    assert figures.main(["probe", str(path), "--out", str(tmp_path / "probe.png")]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no general_probe history" in error[0] and str(path) in error[0]
+    assert not (tmp_path / "probe.png").exists()

@@ -44,7 +44,10 @@ ALLOCATION = config["tables"]["allocation"]
 TEMPERATURE = config["tables"]["temperature"]
 FORGETTING = config["tables"]["forgetting"]
 TABLES = [f"results/table{number}.csv" for number in range(1, 6)]
-FIGURES = [f"results/figures/{name}.png" for name in ("claims", "routing_heatmap", "forgetting", "temperature")]
+FIGURES = [
+    f"results/figures/{name}.png"
+    for name in ("claims", "routing_heatmap", "forgetting", "temperature", "general_probe")
+]
 
 
 def _check_config() -> None:

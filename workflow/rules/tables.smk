@@ -137,6 +137,21 @@ rule figure_forgetting:
         "python -m medmoelora_eval.figures forgetting {input} --out {output} 2> {log}"
 
 
+rule figure_probe:
+    input:
+        train_files(MAIN_RUNS),
+    output:
+        report("results/figures/general_probe.png", caption="../report/general_probe.rst", category="Figures"),
+    log:
+        "logs/figure_probe/figure_probe.log",
+    benchmark:
+        "results/benchmarks/figure_probe/figure_probe.tsv"
+    conda:
+        "../envs/medmoelora.yaml"
+    shell:
+        "python -m medmoelora_eval.figures probe {input} --out {output} 2> {log}"
+
+
 rule figure_temperature:
     input:
         train_files([config["figures"]["temperature_run"]], "adapter_model.safetensors"),
