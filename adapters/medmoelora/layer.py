@@ -155,9 +155,10 @@ class MoELoRALinear(nn.Module):
         self.last_router_probs: torch.Tensor | None = None
         self.reset_stats()
         self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
-        # Top-k: tokens grouped by expert (only the k chosen experts computed) where that measured faster
-        # than the dense fused matmul pair that zeroes the others (`grouped_top_k_is_faster`).
-        self.use_grouped_top_k(top_k is not None and grouped_top_k_is_faster(self.num_experts, top_k, self.ranks))
+        # Top-k runs dense (every expert's rank slots, the unchosen ones zeroed): on CPU the grouped path
+        # (`grouped_top_k_update`) measured slower at every shape tried, N 4-16, k 1-2, rank 8-32 (README,
+        # Performance). `use_grouped_top_k(True)` selects it by hand, for a machine where it pays.
+        self.use_grouped_top_k(False)
         self.merged_expert: int | None = None  # the expert folded into W0 by `merge`, None when unmerged
         self._unmerged_weight: torch.Tensor | None = None  # W0's own storage while merged (restored as is)
 
@@ -379,16 +380,3 @@ def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
     top_values = top_values / top_values.sum(dim=-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, top_index, top_values)
-
-
-def grouped_top_k_is_faster(num_experts: int, top_k: int, ranks: list[int]) -> bool:
-    """Whether computing only the chosen experts, tokens grouped by expert, beats the dense fused matmul
-    pair for this layer. The rule is the crossover `medmoelora_eval.perf_layer --top-k` measured
-    (README.md, Performance): the grouped path pays a gather, a scatter-add and a small GEMM pair per
-    expert, so it wins only where it skips most of the rank slots."""
-    skipped_share = 1.0 - top_k / num_experts
-    return skipped_share >= GROUPED_TOP_K_MIN_SKIPPED and min(ranks) >= GROUPED_TOP_K_MIN_RANK
-
-
-GROUPED_TOP_K_MIN_SKIPPED = 2.0  # placeholder until measured: never
-GROUPED_TOP_K_MIN_RANK = 0

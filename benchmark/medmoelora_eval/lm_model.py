@@ -14,16 +14,18 @@ with that id set for every forward, and the results go back in the original orde
 routing need no ids and take HFLM's path unchanged.
 
 Where the adapter's update is the same for every token of a request call (plain LoRA; Multi-LoRA
-within one expert's group) it is folded into the frozen weights for that call and taken out after
-(`MoELoRAModel.merged`), so these adapters evaluate at the base model's speed. ``merge=False`` keeps
-the unmerged path (same results up to float rounding; for comparison).
+within one expert's group) it is folded into the frozen weights (`MoELoRAModel.merged`), so these
+adapters evaluate at the base model's speed. The merge stays between calls while the same expert is
+wanted (a LoRA adapter merges once; Multi-LoRA switches when the next group needs another expert), so
+its cost, a pass over every adapted weight, is not paid per call; `MedMoELoRALM.unmerge` puts the base
+weights back bit for bit. ``merge=False`` keeps the unmerged path (same results up to float rounding).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +80,8 @@ class MedMoELoRALM(HFLM):
         self.task_router = TaskRouter(config, self.adapter) if config.routing == "task" else None
         self._active_expert: int | None = None
         self.merge = bool(merge) and config.routing != "soft"  # soft routing differs per token: no merge
+        self._merge_held = ExitStack()  # holds the `merged` block of the expert now in the weights
+        self._merged_expert: int | None = None
 
     # ---- requests: grouped by expert for task routing -----------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -97,14 +101,15 @@ class MedMoELoRALM(HFLM):
     ) -> list[Result]:
         """Run ``run`` once per expert on that expert's requests; results in the original order."""
         if self.task_router is None or not requests:
-            with self._merged(None):
-                return run(requests, disable_tqdm=disable_tqdm)
+            self._merge_expert(None)
+            return run(requests, disable_tqdm=disable_tqdm)
         with one_line_user_errors():
             groups = self.task_router.group(requests)
         results: list[Any] = [None] * len(requests)
         for expert in self._shared_expert_order(groups):
             positions = groups.get(expert, [])
-            with self._expert(expert), self._merged(expert), self._cache_writes(enabled=bool(positions)):
+            self._merge_expert(expert)
+            with self._expert(expert), self._cache_writes(enabled=bool(positions)):
                 # A rank without requests for an expert that another rank has still runs one (discarded),
                 # so that HFLM's collectives (auto batch size, rolling-window padding) pair up across ranks.
                 outputs = run([requests[i] for i in positions] or requests[:1], disable_tqdm=disable_tqdm)
@@ -129,9 +134,21 @@ class MedMoELoRALM(HFLM):
         finally:
             self._active_expert = None
 
-    def _merged(self, expert: int | None) -> Any:
-        """The adapter folded into the weights for one request call (or one expert's group)."""
-        return self.adapted.merged(expert) if self.merge else nullcontext()
+    def _merge_expert(self, expert: int | None) -> None:
+        """Have ``expert`` (None: LoRA's one) folded into the weights, switching from another if need be."""
+        if not self.merge or (self._merge_held_open() and self._merged_expert == expert):
+            return
+        self.unmerge()
+        self._merge_held.enter_context(self.adapted.merged(expert))
+        self._merged_expert = expert
+
+    def _merge_held_open(self) -> bool:
+        return any(layer.merged_expert is not None for layer in self.adapted.adapter_layers().values())
+
+    def unmerge(self) -> None:
+        """Put the base model's own weights back (bit for bit); the next request call merges again."""
+        self._merge_held.close()
+        self._merged_expert = None
 
     @contextmanager
     def _cache_writes(self, enabled: bool) -> Iterator[None]:

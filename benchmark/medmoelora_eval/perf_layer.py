@@ -27,7 +27,7 @@ from torch import nn
 
 from medmoelora import atomic
 from medmoelora.errors import command_main
-from medmoelora.layer import MoELoRALinear, RoutingContext, grouped_top_k_is_faster
+from medmoelora.layer import MoELoRALinear, RoutingContext
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
 NUM_EXPERTS = (1, 2, 4, 8, 16)
@@ -112,10 +112,10 @@ def _paired_adapter_ratio(samples: dict[str, list[float]], a: str, b: str) -> fl
     return statistics.median((x - base) / max(y - base, 1e-9) for x, y, base in pairs)
 
 
-def run(repeats: int, warmup: int) -> pd.DataFrame:
+def run(repeats: int, warmup: int, experts: tuple[int, ...] = NUM_EXPERTS) -> pd.DataFrame:
     rows = []
     for d_in, d_out in SHAPES:
-        for num_experts in NUM_EXPERTS:
+        for num_experts in experts:
             for rank in RANKS:
                 timers = {
                     kind: step_timer(build(kind, d_in, d_out, num_experts, rank), d_in, d_out)
@@ -212,7 +212,6 @@ def run_top_k(repeats: int, warmup: int) -> pd.DataFrame:
                 row[f"dense_{phase}_ms"] = 1e3 * statistics.median(samples[f"dense_{phase}"])
                 row[f"grouped_{phase}_ms"] = 1e3 * statistics.median(samples[f"grouped_{phase}"])
                 row[f"dense_over_grouped_{phase}"] = paired(f"dense_{phase}", f"grouped_{phase}")
-            row["layer_uses_grouped"] = grouped_top_k_is_faster(num_experts, top_k, [rank] * num_experts)
             row["repeats"] = repeats
             rows.append(row)
             print(
@@ -230,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="paired repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top-k-out", type=Path, help="CSV to write: top-k's dense and grouped paths")
+    parser.add_argument("--experts", type=int, nargs="+", help=f"expert counts N to time (default {NUM_EXPERTS})")
     args = parser.parse_args(argv)
     if args.top_k_out:
         atomic.write_text(args.top_k_out, run_top_k(args.repeats, args.warmup).to_csv(index=False, float_format="%.4f"))
-    table = run(args.repeats, args.warmup)
+    table = run(args.repeats, args.warmup, tuple(args.experts or NUM_EXPERTS))
     atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     at_eight = table[table.num_experts == 8]
     print(

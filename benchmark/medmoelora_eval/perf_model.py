@@ -118,9 +118,13 @@ def paired(timers: dict[str, Callable[[], float]], repeats: int, warmup: int) ->
         for timer in timers.values():
             timer()
     samples: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(repeats):
-        for name, timer in timers.items():  # interleaved, so each repetition compares like with like
-            samples[name].append(timer())
+    names = list(timers)
+    for repetition in range(repeats):
+        # Interleaved, so each repetition compares like with like; the order rotates between repetitions
+        # so that load changing during one (a shared machine) does not always fall on the same timer.
+        shift = repetition % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(timers[name]())
     return samples
 
 

@@ -1,8 +1,8 @@
 """results/perf.csv and its figure from the layer, model and lm-eval benchmarks, checked against the targets.
 
     python -m medmoelora_eval.perf_report --layer results/perf/layer.csv --model results/perf/model.csv \
-        --lm-eval results/perf/lm_eval.csv --out results/perf.csv --figure results/figures/perf.png \
-        --targets results/perf/targets.csv [--readme README.md]
+        --lm-eval results/perf/lm_eval.csv --top-k results/perf/top_k.csv --out results/perf.csv \
+        --figure results/figures/perf.png --targets results/perf/targets.csv [--readme README.md]
 
 ``--readme`` rewrites the README's table of targets (between its ``perf-targets`` markers) from the
 measured targets, so that the published figures are the ones this run measured.
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--lm-eval", type=Path, required=True)
+    parser.add_argument("--top-k", type=Path, help="perf_layer's top-k table, added to --out")
     parser.add_argument("--out", type=Path, required=True, help="results/perf.csv: every measured row")
     parser.add_argument("--figure", type=Path, required=True)
     parser.add_argument("--targets", type=Path, help="CSV of the targets, measured against their bounds")
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{path} not found; run python -m medmoelora_eval.perf_layer / perf_model first")
     layer, model, lm_eval = pd.read_csv(args.layer), pd.read_csv(args.model), pd.read_csv(args.lm_eval)
     parts = [layer.assign(benchmark="layer"), model.assign(benchmark="model"), lm_eval.assign(benchmark="lm_eval")]
+    if args.top_k:
+        if not args.top_k.is_file():
+            raise UserError(f"{args.top_k} not found; run python -m medmoelora_eval.perf_layer --top-k-out first")
+        parts.append(pd.read_csv(args.top_k).assign(benchmark="top_k"))
     atomic.write_text(args.out, pd.concat(parts, ignore_index=True).to_csv(index=False, float_format="%.4f"))
     figure(layer, model, lm_eval, args.figure)
     targets = summarize(layer, model, lm_eval)

@@ -167,3 +167,14 @@ def test_dag_breakdown_sums_jobs_by_stage_and_splits_lm_eval_start_up(tmp_path):
     assert table["share"].sum() == pytest.approx(1.0)
     assert perf_dag.main([str(tmp_path / "none"), "--out", str(tmp_path / "o.csv")]) == 2
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_paired_repetitions_rotate_the_order_of_the_timers():
+    calls: list[str] = []
+
+    def timer(name: str):
+        return lambda: calls.append(name) or 1.0
+
+    samples = perf_model.paired({name: timer(name) for name in "abc"}, repeats=3, warmup=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert samples == {name: [1.0, 1.0, 1.0] for name in "abc"}

@@ -101,5 +101,11 @@ def test_merged_evaluation_equals_the_unmerged_path_and_restores_the_weights(
     assert merged.merge and not unmerged.merge
     results = [value for value, _ in merged.loglikelihood(requests)]
     torch.testing.assert_close(torch.tensor(results), torch.tensor(expected))
+    weight = merged.adapted.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    held = weight.data_ptr()
+    assert not torch.equal(weight, before["model.layers.0.self_attn.q_proj.base_layer.weight"])  # merged
+    merged.loglikelihood(requests[:1] if preset == "lora" else requests[-1:])  # the same expert again
+    assert weight.data_ptr() == held  # still merged from the first call: no second merge
+    merged.unmerge()
     after = merged.model.state_dict()
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())

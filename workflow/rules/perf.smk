@@ -4,7 +4,8 @@
 
 rule perf_layer:
     output:
-        "results/perf/layer.csv",
+        layer="results/perf/layer.csv",
+        top_k="results/perf/top_k.csv",
     log:
         "logs/perf_layer/perf_layer.log",
     benchmark:
@@ -13,7 +14,7 @@ rule perf_layer:
         "../envs/medmoelora.yaml"
     threads: compute("train", "threads")
     shell:
-        "python -m medmoelora_eval.perf_layer --out {output} > {log} 2>&1"
+        "python -m medmoelora_eval.perf_layer --out {output.layer} --top-k-out {output.top_k} > {log} 2>&1"
 
 
 rule perf_model:
@@ -37,6 +38,7 @@ rule perf_model:
 rule perf:
     input:
         layer="results/perf/layer.csv",
+        top_k="results/perf/top_k.csv",
         model="results/perf/model.csv",
         lm_eval="results/perf/lm_eval.csv",
     output:
@@ -51,5 +53,5 @@ rule perf:
         "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model}"
-        " --lm-eval {input.lm_eval} --out {output.csv}"
+        " --lm-eval {input.lm_eval} --top-k {input.top_k} --out {output.csv}"
         " --figure {output.figure} --targets {output.targets} > {log} 2>&1"
