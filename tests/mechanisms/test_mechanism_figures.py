@@ -13,10 +13,12 @@ from medmoelora_eval.mechanisms.figures import main, routing_by_depth, subspace_
 def test_routing_figure_has_a_line_per_allocation_in_both_panels() -> None:
     table = pd.DataFrame(
         [
-            {"allocation": name, "layer": layer, "num_experts": 2, "mutual_information": 0.1 * layer,
-             "routing_entropy": 0.5, "max_entropy": 0.69, "tasks": 3}
+            {"allocation": name, "seed": 0, "layer": layer, "module": f"{layer}.{kind}", "num_experts": 2,
+             "mutual_information": 0.1 * layer + (0.1 if kind == "q" else -0.1), "routing_entropy": 0.5,
+             "max_entropy": 0.69, "tasks": 3}
             for name in ("asymmetric", "uniform", "inverted")
             for layer in range(4)
+            for kind in ("q", "v")
         ]
     )  # fmt: skip
     mi_ax, entropy_ax = routing_by_depth(table).axes
@@ -28,8 +30,8 @@ def test_routing_figure_has_a_line_per_allocation_in_both_panels() -> None:
 def test_subspace_figure_plots_degrees_beside_the_chance_angle(tmp_path: Path) -> None:
     table = pd.DataFrame(
         [
-            {"layer": layer, "pair": pair, "side": side, "mean_angle": 1.5707963, "overlap": 0.0,
-             "chance_angle": 1.0, "pairs": 1}
+            {"seed": 0, "layer": layer, "module": "q", "pair": pair, "side": side, "mean_angle": 1.5707963,
+             "overlap": 0.0, "chance_angle": 1.0, "pairs": 1}
             for layer in range(3)
             for pair in ("base-specialist", "specialist-specialist")
             for side in ("output", "input")
@@ -49,5 +51,5 @@ def test_a_table_of_the_wrong_analysis_fails_in_one_line(tmp_path: Path, capsys:
     path = tmp_path / "table.csv"
     pd.DataFrame({"layer": [0]}).to_csv(path, index=False)
     assert main(["routing", str(path), "--out", str(tmp_path / "fig.png")]) == 2
-    assert "lacks the column(s) allocation, num_experts" in capsys.readouterr().err
+    assert "lacks the column(s) allocation, seed, module, num_experts" in capsys.readouterr().err
     assert not (tmp_path / "fig.png").exists()

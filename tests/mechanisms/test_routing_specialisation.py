@@ -7,15 +7,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from medmoelora_eval.mechanisms.routing import (
-    entropy,
-    layer_specialisation,
-    main,
-    mutual_information,
-    specialisation_table,
-)
+from medmoelora_eval.mechanisms.routing import MODULE_COLUMNS, by_layer, entropy, main, module_table, mutual_information
 
 N = 4
 
@@ -66,32 +61,34 @@ def test_mutual_information_against_the_formula() -> None:
 
 def test_layers_rank_by_specialisation_and_entropy() -> None:
     one_hot = {f"task{t}": {0: [0.25] * N, 1: list(np.eye(N)[t])} for t in range(N)}
-    table = layer_specialisation(_stats(one_hot)).set_index("layer")
+    table = module_table(_stats(one_hot)).set_index("layer")
     assert table.loc[0, "mutual_information"] == pytest.approx(0.0, abs=1e-12)
     assert table.loc[1, "mutual_information"] == pytest.approx(math.log(N))
     # Both layers use every expert equally overall: maximal routing entropy.
     assert table["routing_entropy"].tolist() == pytest.approx([math.log(N)] * 2)
     assert table["max_entropy"].tolist() == pytest.approx([math.log(N)] * 2)
     collapsed = {"a": {0: [1.0, 0, 0, 0]}, "b": {0: [1.0, 0, 0, 0]}}
-    assert layer_specialisation(_stats(collapsed))["routing_entropy"].tolist() == [0.0]
+    assert module_table(_stats(collapsed))["routing_entropy"].tolist() == [0.0]
 
 
-def test_the_command_writes_one_row_per_allocation_and_layer(tmp_path: Path) -> None:
-    for label, layers in (("asymmetric", 2), ("inverted", 3)):
-        shares = {f"task{t}": {layer: list(np.eye(N)[t]) for layer in range(layers)} for t in range(2)}
-        (tmp_path / f"{label}.json").write_text(json.dumps(_stats(shares)))
+def test_the_command_writes_every_module_and_seeds_average_by_layer(tmp_path: Path) -> None:
+    files = {}
+    for label, layers, seed in (("asymmetric", 2, 0), ("asymmetric", 2, 1), ("inverted", 3, 0)):
+        # seed 0: each task to its own expert; seed 1: every task alike
+        shares = {
+            f"task{t}": {layer: list(np.eye(N)[t if seed == 0 else 0]) for layer in range(layers)} for t in range(2)
+        }
+        files[(label, seed)] = tmp_path / f"{label}{seed}.json"
+        files[(label, seed)].write_text(json.dumps(_stats(shares)))
     out = tmp_path / "routing.csv"
-    assert (
-        main(
-            [f"asymmetric={tmp_path / 'asymmetric.json'}", f"inverted={tmp_path / 'inverted.json'}", "--out", str(out)]
-        )
-        == 0
-    )
-    table = specialisation_table({"asymmetric": tmp_path / "asymmetric.json"})
-    assert table["mutual_information"].tolist() == pytest.approx([math.log(2)] * 2)
-    written = out.read_text().splitlines()
-    assert written[0] == "allocation,layer,num_experts,mutual_information,routing_entropy,max_entropy,tasks"
-    assert len(written) == 1 + 2 + 3
+    assert main([*(f"{label}={path}" for (label, _), path in files.items()), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == MODULE_COLUMNS
+    assert len(table) == 2 + 2 + 3
+    assert table.groupby("allocation")["seed"].unique().map(list).to_dict() == {"asymmetric": [0, 1], "inverted": [0]}
+    layers = by_layer(table).set_index(["allocation", "layer"])
+    assert layers.loc[("asymmetric", 1), "mutual_information"] == pytest.approx(math.log(2) / 2)
+    assert layers.loc[("inverted", 2), "mutual_information"] == pytest.approx(math.log(2))
 
 
 def test_a_run_without_soft_routing_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

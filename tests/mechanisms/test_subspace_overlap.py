@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from medmoelora import AdapterConfig, inject_adapter, save_adapter
-from medmoelora_eval.mechanisms.subspace import principal_angles, subspace_overlap, update_subspaces
+from medmoelora_eval.mechanisms.subspace import MODULE_COLUMNS, by_layer, main, principal_angles, update_subspaces
 from tests.tiny import make_tiny_llama
 
 D, RANK = 12, 3
@@ -52,7 +53,12 @@ def test_a_saved_adapter_gives_per_layer_angles(tmp_path: Path) -> None:
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator))
             # The base expert writes into the first specialist's output subspace (same B): angle 0 there.
             layer.base_B.copy_(layer.lora_B[:, : layer.base_B.shape[1]])
-    table = subspace_overlap(save_adapter(adapted, tmp_path / "adapter"))
+    adapter = save_adapter(adapted, tmp_path / "adapter")
+    assert main([str(adapter), str(adapter), "--out", str(tmp_path / "angles.csv")]) == 0  # two "seeds"
+    modules = pd.read_csv(tmp_path / "angles.csv")
+    assert list(modules.columns) == MODULE_COLUMNS and set(modules["seed"]) == {0, 1}
+    assert len(modules) == 2 * (4 * 2 + 2 * 2 * 2)  # seeds x (4 two-expert layers x 2 sides + 2 layers x 2 kinds x 2)
+    table = by_layer(modules)
     assert set(table["pair"]) == {"base-specialist", "specialist-specialist"}
     assert sorted(table["layer"].unique()) == list(range(6))
     layer_0 = table[(table["layer"] == 0) & (table["side"] == "output")].set_index("pair")
@@ -63,4 +69,4 @@ def test_a_saved_adapter_gives_per_layer_angles(tmp_path: Path) -> None:
     # Random specialists of a 32-wide layer sit near the chance angle.
     upper = table[(table["layer"] == 5) & (table["pair"] == "specialist-specialist")]
     assert (upper["mean_angle"] > 0.5).all() and (upper["chance_angle"] > 0.5).all()
-    assert upper["pairs"].tolist() == [21, 21]  # 7 specialists: 21 pairs, per side
+    assert upper["pairs"].tolist() == [42, 42]  # 7 specialists: 21 pairs per side, in each of the 2 seeds

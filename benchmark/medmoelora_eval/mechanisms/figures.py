@@ -1,4 +1,4 @@
-"""The mechanism figures across depth, from the per-layer tables of `routing` and `subspace`.
+"""The mechanism figures across depth, from the per-module tables of `routing` and `subspace`.
 
 python -m medmoelora_eval.mechanisms.figures routing routing_specialisation.csv --out routing_by_depth.png
 python -m medmoelora_eval.mechanisms.figures subspace subspace_overlap.csv --out subspace_by_depth.png
@@ -22,10 +22,10 @@ from medmoelora_eval.figures import save
 from medmoelora_eval.mechanisms import routing, subspace
 
 
-def routing_by_depth(table: pd.DataFrame) -> plt.Figure:
+def routing_by_depth(modules: pd.DataFrame) -> plt.Figure:
     """Per layer, one line per allocation: I(T; E) in nats, and the routing entropy as a share of ln N."""
     fig, (mi_ax, entropy_ax) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for allocation, rows in table.groupby("allocation", sort=False):
+    for allocation, rows in routing.by_layer(modules).groupby("allocation", sort=False):
         mi_ax.plot(rows["layer"], rows["mutual_information"], marker="o", label=allocation)
         entropy_ax.plot(rows["layer"], rows["routing_entropy"] / rows["max_entropy"], marker="o", label=allocation)
     mi_ax.set(xlabel="decoder layer", ylabel="I(task; top-1 expert) (nats)", title="Routing specialisation")
@@ -34,8 +34,9 @@ def routing_by_depth(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def subspace_by_depth(table: pd.DataFrame) -> plt.Figure:
+def subspace_by_depth(modules: pd.DataFrame) -> plt.Figure:
     """Per layer, one panel per side: the mean principal angle of each pair kind, and the chance angle."""
+    table = subspace.by_layer(modules)
     fig, axes = plt.subplots(1, len(subspace.SIDES), figsize=(10, 4), sharey=True)
     for ax, side in zip(axes, subspace.SIDES, strict=True):
         rows = table[table["side"] == side]
@@ -49,8 +50,8 @@ def subspace_by_depth(table: pd.DataFrame) -> plt.Figure:
 
 
 FIGURES = {
-    "routing": (routing_by_depth, routing.COLUMNS),
-    "subspace": (subspace_by_depth, subspace.COLUMNS),
+    "routing": (routing_by_depth, routing.MODULE_COLUMNS),
+    "subspace": (subspace_by_depth, subspace.MODULE_COLUMNS),
 }
 
 
@@ -69,7 +70,7 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=FIGURES)
-    parser.add_argument("table", type=Path, help="the per-layer CSV of that analysis")
+    parser.add_argument("table", type=Path, help="the per-module CSV of that analysis")
     parser.add_argument("--out", type=Path, required=True, help="the PNG")
     args = parser.parse_args(argv)
     draw, columns = FIGURES[args.kind]

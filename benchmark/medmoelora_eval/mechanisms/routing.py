@@ -1,7 +1,7 @@
 """Routing specialisation by depth: does a layer send different tasks to different experts?
 
-    python -m medmoelora_eval.mechanisms.routing asymmetric=results/train/med_moe_lora/routing_stats.json \
-        uniform=results/train/alloc_uniform/routing_stats.json --out routing_specialisation.csv
+    python -m medmoelora_eval.mechanisms.routing asymmetric=results/train/med_moe_lora/seed0/routing_stats.json \
+        uniform=results/train/alloc_uniform/seed0/routing_stats.json --out routing_specialisation.csv
 
 From a training run's routing_stats.json (``by_task``: per task and adapted module, the share of the task's
 tokens whose top-1 expert is expert e, and the task's token count), per module:
@@ -12,8 +12,9 @@ tokens whose top-1 expert is expert e, and the task's token count), per module:
 
 H(E) measures how evenly the layer uses its experts (at most ln N: all used equally); I(T; E) how much the
 expert choice tells about the task (0: every task routed alike; at most min(H(T), ln N): each task to its
-own experts). A layer's value is the mean over its adapted modules. Upper layers that "use their extra
-experts for different tasks" show a higher I(T; E) than lower ones.
+own experts). The table has one row per module (and allocation and seed); `by_layer` gives a layer's value,
+the mean over its modules and the seeds. Upper layers that "use their extra experts for different tasks"
+show a higher I(T; E) than lower ones.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ import pandas as pd
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 
-COLUMNS = ["allocation", "layer", "num_experts", "mutual_information", "routing_entropy", "max_entropy", "tasks"]
+MODULE_COLUMNS = ["allocation", "seed", "layer", "module", "num_experts", "mutual_information", "routing_entropy"]
+MODULE_COLUMNS += ["max_entropy", "tasks"]
 
 
 def entropy(distribution: np.ndarray) -> float:
@@ -59,48 +61,46 @@ def module_specialisation(by_task: Mapping[str, Mapping[str, Any]], path: str) -
     choices = np.array([entry["top1_share"] for entry in entries], dtype=float)  # (T, N)
     choices /= choices.sum(axis=1, keepdims=True)  # the shares are means over tokens: sums of 1 up to round-off
     return {
+        "num_experts": choices.shape[1],
         "mutual_information": mutual_information(weights, choices),
         "routing_entropy": entropy((weights / weights.sum()) @ choices),
-        "num_experts": choices.shape[1],
+        "max_entropy": math.log(choices.shape[1]),
         "tasks": len(tasks),
     }
 
 
-def layer_specialisation(stats: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per decoder layer (the mean over its soft-routed modules): layer, num_experts,
-    mutual_information, routing_entropy, max_entropy (ln N), tasks."""
+def module_table(stats: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per soft-routed module (columns `MODULE_COLUMNS` less allocation and seed)."""
     by_task = stats.get("by_task") or {}
-    per_layer: dict[int, list[dict[str, float]]] = defaultdict(list)
     paths = {path: entry for task in by_task.values() for path, entry in task["modules"].items()}
-    for path, entry in sorted(paths.items()):
-        if entry.get("routing") == "soft" and len(entry["top1_share"]) > 1:
-            per_layer[int(entry["layer"])].append(module_specialisation(by_task, path))
-    rows = []
-    for layer, modules in sorted(per_layer.items()):
-        frame = pd.DataFrame(modules)
-        num_experts = int(frame["num_experts"].max())
-        rows.append(
-            {
-                "layer": layer,
-                "num_experts": num_experts,
-                "mutual_information": frame["mutual_information"].mean(),
-                "routing_entropy": frame["routing_entropy"].mean(),
-                "max_entropy": math.log(num_experts),
-                "tasks": int(frame["tasks"].max()),
-            }
-        )
-    return pd.DataFrame(rows, columns=COLUMNS[1:])
+    rows = [
+        {"layer": int(entry["layer"]), "module": path, **module_specialisation(by_task, path)}
+        for path, entry in sorted(paths.items(), key=lambda item: (int(item[1]["layer"]), item[0]))
+        if entry.get("routing") == "soft" and len(entry["top1_share"]) > 1
+    ]
+    return pd.DataFrame(rows, columns=MODULE_COLUMNS[2:])
 
 
-def specialisation_table(sources: Mapping[str, Path]) -> pd.DataFrame:
-    """The per-layer table of every allocation (label -> routing_stats.json), stacked."""
+def specialisation_table(sources: Sequence[tuple[str, Path]]) -> pd.DataFrame:
+    """Every module of every (allocation, routing_stats.json), stacked; a file's seed is its position among
+    its allocation's files (one per training seed)."""
     frames = []
-    for label, path in sources.items():
-        table = layer_specialisation(read_stats(path))
+    seen: dict[str, int] = defaultdict(int)
+    for label, path in sources:
+        table = module_table(read_stats(path))
         if table.empty:
             raise UserError(f"{path}: no soft-routed module with routing statistics by task; give a MoE run's file")
-        frames.append(table.assign(allocation=label))
-    return pd.concat(frames, ignore_index=True)[COLUMNS]
+        frames.append(table.assign(allocation=label, seed=seen[label]))
+        seen[label] += 1
+    return pd.concat(frames, ignore_index=True)[MODULE_COLUMNS]
+
+
+def by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per allocation and decoder layer: the mean over modules and seeds (mutual information and entropy are
+    the same under any relabelling of the experts, so seeds average)."""
+    grouped = table.groupby(["allocation", "layer"], sort=False)
+    means = grouped[["mutual_information", "routing_entropy", "max_entropy"]].mean()
+    return means.join(grouped["num_experts"].max()).reset_index()
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -112,22 +112,22 @@ def read_stats(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({error.msg}); re-run the training run that wrote it") from None
 
 
-def labelled_paths(items: list[str]) -> dict[str, Path]:
-    """``label=path`` arguments, in order."""
-    sources = {}
+def labelled_paths(items: list[str]) -> list[tuple[str, Path]]:
+    """``label=path`` arguments, in order (a label given again: another seed of that allocation)."""
+    sources = []
     for item in items:
         label, equals, path = item.partition("=")
         if not equals or not label or not path:
             raise UserError(f"{item!r} is not LABEL=PATH (e.g. asymmetric=results/train/RUN/routing_stats.json)")
-        sources[label] = Path(path)
+        sources.append((label, Path(path)))
     return sources
 
 
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sources", nargs="+", help="LABEL=routing_stats.json, one per allocation")
-    parser.add_argument("--out", type=Path, required=True, help="the per-layer CSV")
+    parser.add_argument("sources", nargs="+", help="LABEL=routing_stats.json, per allocation and seed")
+    parser.add_argument("--out", type=Path, required=True, help="the per-module CSV")
     args = parser.parse_args(argv)
     table = specialisation_table(labelled_paths(args.sources))
     atomic.write_text(args.out, table.to_csv(index=False, float_format="%.6g"))

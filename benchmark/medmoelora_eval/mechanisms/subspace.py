@@ -1,17 +1,17 @@
 """Subspace overlap: do the base experts' and the specialists' updates occupy separable low-rank subspaces?
 
-    python -m medmoelora_eval.mechanisms.subspace results/train/med_moe_lora --out subspace_overlap.csv
+    python -m medmoelora_eval.mechanisms.subspace results/train/med_moe_lora/seed0 --out subspace_overlap.csv
 
 Expert i of a module adds the update Delta W_i = (alpha_i / r_i) B_i A_i ([d_out, d_in], rank <= r_i) to W0.
 Its output subspace is the column space of Delta W_i (where it writes, in R^d_out), its input subspace the
 row space (what it reads, in R^d_in). Between two subspaces with orthonormal bases U [d, k1] and V [d, k2]
 the principal angles are theta_j = arccos(sigma_j(U^T V)), j = 1 .. min(k1, k2): all 0 for identical
-subspaces (or one inside the other), all pi/2 for orthogonal ones. Per module and pair of experts (a base
-expert with a specialist; two specialists) this reports the mean angle and the overlap mean cos^2 theta_j;
-a layer's value is the mean over its modules and pairs. For reference, ``chance_angle`` is the mean angle
-between random subspaces of the same dimensions (seeded draws): low-rank subspaces of a large space are
-nearly orthogonal by chance, so an angle means "separate" only where it is close to that reference or
-above the angle between specialists.
+subspaces (or one inside the other), all pi/2 for orthogonal ones. For every module, pair kind (a base
+expert with a specialist; two specialists) and side, the table has the mean angle and the overlap (mean
+cos^2 theta_j) over the module's pairs of that kind; `by_layer` gives a layer's value, the mean over its
+modules. For reference, ``chance_angle`` is the mean angle between random subspaces of the same
+dimensions (seeded draws): low-rank subspaces of a large space are nearly orthogonal by chance, so an
+angle means "separate" only where it is close to that reference or above the angle between specialists.
 
 The bases come from a thin QR of B and of A^T and an SVD of the small core between them, never from the
 [d_out, d_in] product. Directions with a singular value below 1e-6 of the largest are dropped; an expert
@@ -26,7 +26,7 @@ import itertools
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ CHANCE_DRAWS = 16
 CHANCE_SEED = 0
 PAIRS = ("base-specialist", "specialist-specialist")
 SIDES = ("output", "input")
-COLUMNS = ["layer", "pair", "side", "mean_angle", "overlap", "chance_angle", "pairs"]
+MODULE_COLUMNS = ["seed", "layer", "module", "pair", "side", "mean_angle", "overlap", "chance_angle", "pairs"]
 
 
 def principal_angles(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -86,27 +86,44 @@ def module_pairs(
                 yield kind, side, u, v
 
 
-def subspace_overlap(adapter_dir: Path) -> pd.DataFrame:
-    """One row per decoder layer, pair kind and side (columns `COLUMNS`), from a saved adapter."""
+def module_angles(adapter_dir: Path) -> pd.DataFrame:
+    """One row per adapted module, pair kind and side (columns `MODULE_COLUMNS` less seed), from a saved
+    adapter: the mean principal angle and overlap over the module's pairs of that kind."""
     header, tensors = read_adapter(adapter_dir)
-    rows: dict[tuple[int, str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    rows = []
     for path, spec in header["modules"].items():
         experts = [
             update_subspaces(tensors[f"{path}.experts.{i}.lora_A"], tensors[f"{path}.experts.{i}.lora_B"])
             for i in range(spec["num_experts"])
         ]
+        pairs: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
         for kind, side, u, v in module_pairs(experts, spec["base_experts"]):
             angles = principal_angles(u, v)
             chance = chance_angle(u.shape[0], u.shape[1], v.shape[1])
-            rows[(spec["layer"], kind, side)].append((angles.mean(), (np.cos(angles) ** 2).mean(), chance))
-    table = [
-        {"layer": layer, "pair": kind, "side": side, **dict(zip(COLUMNS[3:6], np.mean(values, axis=0), strict=True)),
-         "pairs": len(values)}
-        for (layer, kind, side), values in sorted(rows.items())
-    ]  # fmt: skip
-    if not table:
+            pairs[(kind, side)].append((angles.mean(), (np.cos(angles) ** 2).mean(), chance))
+        for (kind, side), values in pairs.items():
+            mean_angle, overlap, chance = np.mean(values, axis=0)
+            rows.append(
+                {"layer": spec["layer"], "module": path, "pair": kind, "side": side, "mean_angle": mean_angle,
+                 "overlap": overlap, "chance_angle": chance, "pairs": len(values)}
+            )  # fmt: skip
+    if not rows:
         raise UserError(f"{adapter_dir}: no module with two trained experts; subspace overlap needs a mixture")
-    return pd.DataFrame(table, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=MODULE_COLUMNS[1:]).sort_values(["layer", "module", "pair", "side"])
+
+
+def subspace_table(adapters: Sequence[Path]) -> pd.DataFrame:
+    """`module_angles` of one run's adapters (one per training seed), stacked with a seed column."""
+    return pd.concat(
+        [module_angles(adapter).assign(seed=seed) for seed, adapter in enumerate(adapters)], ignore_index=True
+    )[MODULE_COLUMNS]
+
+
+def by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per decoder layer, pair kind and side: the mean over modules and seeds (angles between base experts and
+    specialists, or among specialists, do not depend on how one seed numbers its experts)."""
+    grouped = table.groupby(["layer", "pair", "side"], sort=True)
+    return grouped[["mean_angle", "overlap", "chance_angle"]].mean().join(grouped["pairs"].sum()).reset_index()
 
 
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -127,10 +144,10 @@ def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarra
 @command_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("adapter", type=Path, help="a saved adapter directory (a training run's --out)")
-    parser.add_argument("--out", type=Path, required=True, help="the per-layer CSV")
+    parser.add_argument("adapters", type=Path, nargs="+", help="saved adapter directories: one run, one per seed")
+    parser.add_argument("--out", type=Path, required=True, help="the per-module CSV")
     args = parser.parse_args(argv)
-    atomic.write_text(args.out, subspace_overlap(args.adapter).to_csv(index=False, float_format="%.6g"))
+    atomic.write_text(args.out, subspace_table(args.adapters).to_csv(index=False, float_format="%.6g"))
     return 0
 
 
