@@ -1,0 +1,241 @@
+"""The expert-ablation table and the dual-path test, from per-document results of one trained run evaluated
+with all experts, without its base experts and without its specialists (lm-eval ``disable_experts=``).
+
+    python -m medmoelora_eval.mechanisms.ablation --all-experts results/eval/med_moe_lora \
+        --without-base results/mechanisms/eval/without_base \
+        --without-specialists results/mechanisms/eval/without_specialists \
+        --out results/mechanisms/ablation.csv --dual-path results/mechanisms/dual_path.csv
+
+Each directory holds one run's ``<task>.samples.jsonl`` (directly, or in ``seed<k>/`` per training seed).
+A domain's score is the unweighted mean over its tasks that have the metric (medical: MedQA, PubMedQA,
+MMLU-medical; general: GSM8K, MMLU-general, the general LM probe), scored as `medmoelora_eval.stats` scores
+(ratios of per-document sums, `medmoelora_eval.samples.METRICS`).
+
+Intervals: `medmoelora_eval.stats`'s percentile bootstrap, with one difference: the three variants are the
+same trained models with experts switched off, so one resample draws the seeds once for all of them (and,
+as for any paired comparison, the documents of each task once for all of them). A change is the ablated
+score minus the all-experts score on the same documents and seeds, with the sign-flip permutation p-value
+of `medmoelora_eval.stats.sign_flip_p_value`.
+
+The dual-path prediction: removing the base experts harms general scores more than medical ones, and
+removing the specialists harms medical scores more than general ones. ``harm`` is a change oriented so
+that positive is worse (-change where higher is better). Per ablation and metric scored in both domains,
+the test statistic is harm(predicted domain) - harm(other domain), with its interval from the same joint
+bootstrap. `DUAL_PATH_RULE` turns it into a verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medmoelora import atomic
+from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_TASKS
+from medmoelora_eval.samples import METRICS, Stratum, has_metric, load_samples, strata
+from medmoelora_eval.stats import (
+    ALPHA,
+    CONFIDENCE,
+    CONTRADICTED,
+    INCONCLUSIVE,
+    RESAMPLES,
+    SEED,
+    SUPPORTED,
+    estimate,
+    percentile_interval,
+    resample_counts,
+    resampled_scores,
+    sign_flip_p_value,
+)
+
+ALL_EXPERTS = "all_experts"
+ABLATIONS = {"without_base": "base", "without_specialists": "specialists"}  # variant -> disable_experts spec
+VARIANTS = (ALL_EXPERTS, *ABLATIONS)
+PREDICTED = {"without_base": "general", "without_specialists": "medical"}  # the domain each should harm more
+DOMAINS = {
+    domain: tuple(name for name, task in EVAL_TASKS.items() if task.domain == domain and task.in_tables)
+    for domain in ("medical", "general")
+}
+COLUMNS = ["variant", "domain", "metric", "tasks", "score", "score_lo", "score_hi", "change", "change_lo"]
+COLUMNS += ["change_hi", "p_value", "n_documents", "n_seeds", "resamples", "seed"]
+DUAL_PATH_COLUMNS = ["ablation", "metric", "predicted_domain", "harm_predicted", "harm_other", "difference"]
+DUAL_PATH_COLUMNS += ["difference_lo", "difference_hi", "p_value_predicted", "p_value_other", "verdict"]
+DUAL_PATH_RULE = (
+    "Dual path, per ablation and metric: the difference harm(predicted domain) - harm(other domain), where harm "
+    "is the score's change oriented so that positive is worse. Supported when its 95% interval lies above 0 "
+    "and the predicted domain's own change is a harm with p < 0.05 (paired sign-flip test); contradicted when "
+    "the interval lies below 0 and the other domain's change is a harm with p < 0.05; otherwise inconclusive. "
+    "The mechanism as a whole is judged on accuracy, the paper's metric: supported when both ablations are, "
+    "contradicted when either is, otherwise inconclusive; the continuous metrics are shown beside it."
+)
+_CHUNK_CELLS = 1 << 22  # resampled document indices held at once
+
+
+def load_variants(directories: Mapping[str, Path]) -> pd.DataFrame:
+    """Per-document results of every variant (variant -> a run's directory), as one frame with run = variant."""
+    frames = [load_samples(path.parent, [path.name]).assign(run=variant) for variant, path in directories.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def domain_strata(samples: pd.DataFrame, metric: str) -> dict[str, dict[str, list[Stratum]]]:
+    """domain -> variant -> strata of the domain's tasks that have ``metric`` in every variant."""
+    found: dict[str, dict[str, list[Stratum]]] = {}
+    for domain, tasks in DOMAINS.items():
+        usable = [task for task in tasks if all(has_metric(samples, variant, task, metric) for variant in VARIANTS)]
+        if usable:
+            found[domain] = {
+                variant: [stratum for task in usable for stratum in strata(samples, variant, task, metric)]
+                for variant in VARIANTS
+            }
+    return found
+
+
+def joint_replicates(
+    groups: Mapping[str, Mapping[str, Sequence[Stratum]]], resamples: int = RESAMPLES, seed: int = SEED
+) -> dict[tuple[str, str], np.ndarray]:
+    """(domain, variant) -> (resamples,) bootstrap scores, every resample drawing the seeds once for all
+    groups (the variants are the same trained models) and each task's documents once for all variants."""
+    first = next(iter(next(iter(groups.values())).values()))
+    seeds = first[0].seeds
+    for domain, variants in groups.items():
+        for variant, chosen in variants.items():
+            if any(stratum.seeds != seeds for stratum in chosen):
+                raise UserError(f"{variant} has {chosen[0].seeds} seeds on {domain} tasks, {ALL_EXPERTS} {seeds}")
+    widest = max(s.numerator.shape[1] for variants in groups.values() for s in variants[ALL_EXPERTS])
+    chunk = max(1, _CHUNK_CELLS // widest)
+    rng = np.random.default_rng(seed)
+    found: dict[tuple[str, str], list[np.ndarray]] = {(d, v): [] for d, variants in groups.items() for v in variants}
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        seed_counts = resample_counts(rng, seeds, size)  # (size, S): shared by every group
+        for domain, variants in groups.items():
+            reference = variants[ALL_EXPERTS]
+            drawn = [rng.integers(0, s.numerator.shape[1], (size, s.numerator.shape[1])) for s in reference]
+            for variant, chosen in variants.items():
+                _check_same_documents(reference, chosen, variant)
+                found[(domain, variant)].append(resampled_scores(chosen, seed_counts, drawn))
+    return {key: np.concatenate(parts) for key, parts in found.items()}
+
+
+def _check_same_documents(reference: Sequence[Stratum], chosen: Sequence[Stratum], variant: str) -> None:
+    for a, b in zip(reference, chosen, strict=True):
+        if a.documents != b.documents:
+            raise UserError(
+                f"{variant} and {ALL_EXPERTS} hold different {a.name} documents; evaluate both on the same "
+                "documents (the same eval samples file)"
+            )
+
+
+def harm(change: np.ndarray | float, metric: str) -> np.ndarray | float:
+    """A change oriented so that positive is worse."""
+    return -change if METRICS[metric].higher_is_better else change
+
+
+def ablation_tables(
+    samples: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the ablation table: every variant x domain x metric, the dual-path table: every ablation x metric
+    scored in both domains)."""
+    rows, dual = [], []
+    for metric in METRICS:
+        groups = domain_strata(samples, metric)
+        if not groups:
+            continue
+        replicates = joint_replicates(groups, resamples, seed)
+        p_values = {}
+        for domain, variants in groups.items():
+            reference = variants[ALL_EXPERTS]
+            for variant, chosen in variants.items():
+                score = estimate(chosen)
+                row = {"variant": variant, "domain": domain, "metric": metric}
+                row |= {"tasks": " ".join(s.name for s in chosen)}
+                lo, hi = _interval(replicates[(domain, variant)])
+                row |= {"score": score, "score_lo": lo, "score_hi": hi}
+                if variant != ALL_EXPERTS:
+                    change = replicates[(domain, variant)] - replicates[(domain, ALL_EXPERTS)]
+                    p_values[(domain, variant)] = sign_flip_p_value(chosen, reference, resamples, seed)
+                    row |= {"change": score - estimate(reference), "p_value": p_values[(domain, variant)]}
+                    row |= dict(zip(("change_lo", "change_hi"), _interval(change), strict=True))
+                row |= {"n_documents": sum(s.numerator.shape[1] for s in chosen), "n_seeds": chosen[0].seeds}
+                rows.append(row)
+        if set(groups) == set(DOMAINS):
+            dual += [_dual_path(groups, replicates, p_values, ablation, metric) for ablation in ABLATIONS]
+    table = pd.DataFrame.from_records(rows).reindex(columns=COLUMNS).assign(resamples=resamples, seed=seed)
+    return table, pd.DataFrame.from_records(dual, columns=DUAL_PATH_COLUMNS)
+
+
+def _dual_path(
+    groups: Mapping[str, Mapping[str, Sequence[Stratum]]],
+    replicates: Mapping[tuple[str, str], np.ndarray],
+    p_values: Mapping[tuple[str, str], float],
+    ablation: str,
+    metric: str,
+) -> dict[str, object]:
+    predicted = PREDICTED[ablation]
+    other = next(domain for domain in DOMAINS if domain != predicted)
+
+    def harms(domain: str) -> tuple[float, np.ndarray]:
+        point = estimate(groups[domain][ablation]) - estimate(groups[domain][ALL_EXPERTS])
+        return harm(point, metric), harm(replicates[(domain, ablation)] - replicates[(domain, ALL_EXPERTS)], metric)
+
+    (harm_predicted, draws_predicted), (harm_other, draws_other) = harms(predicted), harms(other)
+    lo, hi = _interval(draws_predicted - draws_other)
+    predicted_p, other_p = p_values[(predicted, ablation)], p_values[(other, ablation)]
+    if lo > 0 and harm_predicted > 0 and predicted_p < ALPHA:
+        verdict = SUPPORTED
+    elif hi < 0 and harm_other > 0 and other_p < ALPHA:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return {
+        "ablation": ablation,
+        "metric": metric,
+        "predicted_domain": predicted,
+        "harm_predicted": harm_predicted,
+        "harm_other": harm_other,
+        "difference": harm_predicted - harm_other,
+        "difference_lo": lo,
+        "difference_hi": hi,
+        "p_value_predicted": predicted_p,
+        "p_value_other": other_p,
+        "verdict": verdict,
+    }
+
+
+def overall_verdict(dual_path: pd.DataFrame, metric: str = "accuracy") -> str:
+    """`DUAL_PATH_RULE`'s verdict on the mechanism as a whole, from the rows of ``metric``."""
+    verdicts = set(dual_path.loc[dual_path["metric"] == metric, "verdict"])
+    if verdicts == {SUPPORTED} and len(dual_path[dual_path["metric"] == metric]) == len(ABLATIONS):
+        return SUPPORTED
+    return CONTRADICTED if CONTRADICTED in verdicts else INCONCLUSIVE
+
+
+def _interval(replicates: np.ndarray) -> tuple[float, float]:
+    return percentile_interval(replicates, CONFIDENCE)
+
+
+@command_main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all-experts", type=Path, required=True, help="the run's eval directory, unablated")
+    parser.add_argument("--without-base", type=Path, required=True, help="its eval with disable_experts=base")
+    parser.add_argument("--without-specialists", type=Path, required=True, help="... disable_experts=specialists")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and permutation draws")
+    parser.add_argument("--out", type=Path, required=True, help="the ablation table (CSV)")
+    parser.add_argument("--dual-path", type=Path, required=True, help="the dual-path test per ablation (CSV)")
+    args = parser.parse_args(argv)
+    directories = dict(zip(VARIANTS, (args.all_experts, args.without_base, args.without_specialists), strict=True))
+    table, dual_path = ablation_tables(load_variants(directories), args.resamples, args.seed)
+    atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    atomic.write_text(args.dual_path, dual_path.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
