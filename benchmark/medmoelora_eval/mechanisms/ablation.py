@@ -4,7 +4,7 @@ with all experts, without its base experts and without its specialists (lm-eval 
     python -m medmoelora_eval.mechanisms.ablation --all-experts results/eval/med_moe_lora \
         --without-base results/mechanisms/eval/without_base \
         --without-specialists results/mechanisms/eval/without_specialists \
-        --out results/mechanisms/ablation.csv --dual-path results/mechanisms/dual_path.csv
+        --seeds 0 --out results/mechanisms/ablation.csv --dual-path results/mechanisms/dual_path.csv
 
 Each directory holds one run's ``<task>.samples.jsonl`` (directly, or in ``seed<k>/`` per training seed).
 A domain's score is the unweighted mean over its tasks that have the metric (medical: MedQA, PubMedQA,
@@ -76,9 +76,12 @@ DUAL_PATH_RULE = (
 _CHUNK_CELLS = 1 << 22  # resampled document indices held at once
 
 
-def load_variants(directories: Mapping[str, Path]) -> pd.DataFrame:
-    """Per-document results of every variant (variant -> a run's directory), as one frame with run = variant."""
-    frames = [load_samples(path.parent, [path.name]).assign(run=variant) for variant, path in directories.items()]
+def load_variants(directories: Mapping[str, Path], seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per-document results of every variant (variant -> a run's directory), as one frame with run = variant;
+    ``seeds``: only these ``seed<k>/`` directories (`medmoelora_eval.samples.load_samples`)."""
+    frames = [
+        load_samples(path.parent, [path.name], seeds).assign(run=variant) for variant, path in directories.items()
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -225,13 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-experts", type=Path, required=True, help="the run's eval directory, unablated")
     parser.add_argument("--without-base", type=Path, required=True, help="its eval with disable_experts=base")
     parser.add_argument("--without-specialists", type=Path, required=True, help="... disable_experts=specialists")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (seed<k>/); default: every one found")
     parser.add_argument("--resamples", type=int, default=RESAMPLES)
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and permutation draws")
     parser.add_argument("--out", type=Path, required=True, help="the ablation table (CSV)")
     parser.add_argument("--dual-path", type=Path, required=True, help="the dual-path test per ablation (CSV)")
     args = parser.parse_args(argv)
     directories = dict(zip(VARIANTS, (args.all_experts, args.without_base, args.without_specialists), strict=True))
-    table, dual_path = ablation_tables(load_variants(directories), args.resamples, args.seed)
+    table, dual_path = ablation_tables(load_variants(directories, args.seeds), args.resamples, args.seed)
     atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     atomic.write_text(args.dual_path, dual_path.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     return 0
