@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -31,6 +32,7 @@ def routing_by_depth(modules: pd.DataFrame) -> plt.Figure:
     mi_ax.set(xlabel="decoder layer", ylabel="I(task; top-1 expert) (nats)", title="Routing specialisation")
     entropy_ax.set(xlabel="decoder layer", ylabel="H(top-1 expert) / ln N", title="Routing entropy", ylim=(0, 1.05))
     mi_ax.legend(title="allocation")
+    mi_ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return fig
 
 
@@ -44,6 +46,7 @@ def subspace_by_depth(modules: pd.DataFrame) -> plt.Figure:
             line = ax.plot(of_pair["layer"], np.degrees(of_pair["mean_angle"]), marker="o", label=pair)
             ax.plot(of_pair["layer"], np.degrees(of_pair["chance_angle"]), ls=":", color=line[0].get_color())
         ax.set(xlabel="decoder layer", title=f"{side} subspaces (dotted: random subspaces)", ylim=(0, 92))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].set_ylabel("mean principal angle (degrees)")
     axes[0].legend(title="experts compared")
     return fig
