@@ -14,15 +14,16 @@ def test_routing_figure_has_a_line_per_allocation_in_both_panels() -> None:
     table = pd.DataFrame(
         [
             {"allocation": name, "seed": 0, "layer": layer, "module": f"{layer}.{kind}", "num_experts": 2,
-             "mutual_information": 0.1 * layer + (0.1 if kind == "q" else -0.1), "routing_entropy": 0.5,
-             "max_entropy": 0.69, "tasks": 3}
+             "mutual_information": 0.1 * layer + (0.1 if kind == "q" else -0.1), "chance_information": 0.01,
+             "routing_entropy": 0.5, "max_entropy": 0.69, "tasks": 3, "tokens": 100}
             for name in ("asymmetric", "uniform", "inverted")
             for layer in range(4)
             for kind in ("q", "v")
         ]
     )  # fmt: skip
     mi_ax, entropy_ax = routing_by_depth(table).axes
-    assert [line.get_label() for line in mi_ax.get_lines()] == ["asymmetric", "uniform", "inverted"]
+    assert [line.get_label() for line in mi_ax.get_lines()][::2] == ["asymmetric", "uniform", "inverted"]
+    assert list(mi_ax.get_lines()[1].get_ydata()) == pytest.approx([0.01] * 4)  # chance, dotted
     assert list(mi_ax.get_lines()[0].get_ydata()) == pytest.approx([0.0, 0.1, 0.2, 0.3])
     assert list(entropy_ax.get_lines()[1].get_ydata()) == pytest.approx([0.5 / 0.69] * 4)
 
@@ -51,5 +52,5 @@ def test_a_table_of_the_wrong_analysis_fails_in_one_line(tmp_path: Path, capsys:
     path = tmp_path / "table.csv"
     pd.DataFrame({"layer": [0]}).to_csv(path, index=False)
     assert main(["routing", str(path), "--out", str(tmp_path / "fig.png")]) == 2
-    assert "lacks the column(s) allocation, seed, module, num_experts" in capsys.readouterr().err
+    assert "lacks the column(s) allocation, seed, module, num_experts, mutual_information" in capsys.readouterr().err
     assert not (tmp_path / "fig.png").exists()

@@ -26,8 +26,9 @@ def _routing(upper_mi: float, lower_mi: float, modules: int = 12) -> pd.DataFram
         for module in range(modules):
             rows.append(
                 {"allocation": "asymmetric", "seed": 0, "layer": layer, "module": f"{layer}.{module}",
-                 "num_experts": experts, "mutual_information": mi + 0.01 * RNG.normal(), "routing_entropy": 0.5,
-                 "max_entropy": np.log(experts), "tasks": 4}
+                 "num_experts": experts, "mutual_information": mi + 0.01 * RNG.normal(),
+                 "chance_information": 0.01 * (experts - 1), "routing_entropy": 0.5, "max_entropy": np.log(experts),
+                 "tasks": 4, "tokens": 150}
             )  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -53,7 +54,10 @@ def test_difference_of_means_covers_the_true_difference() -> None:
 def test_depth_verdict_follows_the_rule() -> None:
     assert depth_verdict(_routing(0.5, 0.1))["verdict"] == SUPPORTED
     assert depth_verdict(_routing(0.1, 0.5))["verdict"] == CONTRADICTED
-    assert depth_verdict(_routing(0.3, 0.3, modules=3))["verdict"] == INCONCLUSIVE
+    # More mutual information in the upper layers, but only as much more as their chance level (0.07 with 8
+    # experts, 0.01 with 2) explains.
+    assert depth_verdict(_routing(0.36, 0.3))["verdict"] == INCONCLUSIVE
+    assert depth_verdict(_routing(0.3, 0.3))["verdict"] == CONTRADICTED
     uniform = _routing(0.3, 0.3).assign(num_experts=4)
     assert (
         depth_verdict(uniform)["verdict"] == INCONCLUSIVE and "no asymmetric layers" in depth_verdict(uniform)["note"]

@@ -67,6 +67,9 @@ def test_layers_rank_by_specialisation_and_entropy() -> None:
     # Both layers use every expert equally overall: maximal routing entropy.
     assert table["routing_entropy"].tolist() == pytest.approx([math.log(N)] * 2)
     assert table["max_entropy"].tolist() == pytest.approx([math.log(N)] * 2)
+    # 4 tasks of 100 tokens, 4 experts: chance level (4 - 1)(4 - 1) / (2 * 400)
+    assert table["chance_information"].tolist() == pytest.approx([9 / 800] * 2)
+    assert table["tokens"].tolist() == [400, 400]
     collapsed = {"a": {0: [1.0, 0, 0, 0]}, "b": {0: [1.0, 0, 0, 0]}}
     assert module_table(_stats(collapsed))["routing_entropy"].tolist() == [0.0]
 

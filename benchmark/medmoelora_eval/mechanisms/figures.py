@@ -27,9 +27,12 @@ def routing_by_depth(modules: pd.DataFrame) -> plt.Figure:
     """Per layer, one line per allocation: I(T; E) in nats, and the routing entropy as a share of ln N."""
     fig, (mi_ax, entropy_ax) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for allocation, rows in routing.by_layer(modules).groupby("allocation", sort=False):
-        mi_ax.plot(rows["layer"], rows["mutual_information"], marker="o", label=allocation)
+        line = mi_ax.plot(rows["layer"], rows["mutual_information"], marker="o", label=allocation)
+        mi_ax.plot(rows["layer"], rows["chance_information"], ls=":", color=line[0].get_color())
         entropy_ax.plot(rows["layer"], rows["routing_entropy"] / rows["max_entropy"], marker="o", label=allocation)
-    mi_ax.set(xlabel="decoder layer", ylabel="I(task; top-1 expert) (nats)", title="Routing specialisation")
+    mi_ax.set(
+        xlabel="decoder layer", ylabel="I(task; top-1 expert) (nats)", title="Routing specialisation (dotted: chance)"
+    )
     entropy_ax.set(xlabel="decoder layer", ylabel="H(top-1 expert) / ln N", title="Routing entropy", ylim=(0, 1.05))
     mi_ax.legend(title="allocation")
     mi_ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

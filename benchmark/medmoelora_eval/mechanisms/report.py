@@ -95,20 +95,21 @@ def depth_lines(routing: pd.DataFrame, figure: str) -> list[str]:
         summary = f"**{found['verdict']}**: {found['note']}."
     else:
         summary = (
-            f"**{found['verdict']}**. Asymmetric allocation: I(task; expert) {found['upper']:.3f} nats in the layers "
-            f"with {found['upper_experts']} experts, {found['lower']:.3f} in those with "
+            f"**{found['verdict']}**. Asymmetric allocation: I(task; expert) above chance {found['upper']:.3f} nats "
+            f"in the layers with {found['upper_experts']} experts, {found['lower']:.3f} in those with "
             f"{', '.join(map(str, found['lower_experts']))}; difference "
             f"{_cell(found['difference'], found['lo'], found['hi'], 3)}."
         )
-    per_allocation = routing.groupby("allocation", sort=False)[["mutual_information", "routing_entropy"]].mean()
+    columns = ["mutual_information", "chance_information", "routing_entropy"]
+    per_allocation = routing.groupby("allocation", sort=False)[columns].mean()
     means = "; ".join(
-        f"{name}: I {row.mutual_information:.3f}, H {row.routing_entropy:.3f} nats"
+        f"{name}: I {row.mutual_information:.3f} (chance {row.chance_information:.3f}), H {row.routing_entropy:.3f}"
         for name, row in per_allocation.iterrows()
     )
     return [
         "### 2. Deeper layers use their extra experts for different tasks",
         "",
-        f"{summary} {DEPTH_RULE} Means over all modules: {means}. Mutual information and entropy per layer "
+        f"{summary} {DEPTH_RULE} Means over all modules, in nats: {means}. Mutual information and entropy per layer "
         "for the three allocations:",
         "",
         f"![routing by depth]({figure})",

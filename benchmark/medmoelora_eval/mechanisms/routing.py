@@ -12,9 +12,12 @@ tokens whose top-1 expert is expert e, and the task's token count), per module:
 
 H(E) measures how evenly the layer uses its experts (at most ln N: all used equally); I(T; E) how much the
 expert choice tells about the task (0: every task routed alike; at most min(H(T), ln N): each task to its
-own experts). The table has one row per module (and allocation and seed); `by_layer` gives a layer's value,
-the mean over its modules and the seeds. Upper layers that "use their extra experts for different tasks"
-show a higher I(T; E) than lower ones.
+own experts). Estimated from a few examples per task, I(T; E) is biased upward by about
+``chance_information`` = (T - 1)(N - 1) / (2 n) nats (n tokens; tokens of one sequence are not independent,
+so the true bias is larger), which grows with N: compare layers by I(T; E) above it. The table has one
+row per module (and allocation and seed); `by_layer` gives a layer's value, the mean over its modules and
+the seeds. Upper layers that "use their extra experts for different tasks" show a higher I(T; E) above
+chance than lower ones.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import pandas as pd
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 
-MODULE_COLUMNS = ["allocation", "seed", "layer", "module", "num_experts", "mutual_information", "routing_entropy"]
-MODULE_COLUMNS += ["max_entropy", "tasks"]
+MODULE_COLUMNS = ["allocation", "seed", "layer", "module", "num_experts", "mutual_information", "chance_information"]
+MODULE_COLUMNS += ["routing_entropy", "max_entropy", "tasks", "tokens"]
 
 
 def entropy(distribution: np.ndarray) -> float:
@@ -53,6 +56,13 @@ def mutual_information(task_weights: np.ndarray, choice_given_task: np.ndarray) 
     return max(entropy(p_choice) - conditional, 0.0)  # clip float round-off below 0
 
 
+def chance_information(tasks: int, experts: int, tokens: float) -> float:
+    """The plug-in I(T; E) expected from ``tokens`` samples when routing is independent of the task: the
+    Miller-Madow bias (T - 1)(N - 1) / (2 n) nats. It grows with N, so a layer with more experts shows more
+    mutual information by chance alone; the depth verdict compares I(T; E) above it."""
+    return (tasks - 1) * (experts - 1) / (2.0 * tokens)
+
+
 def module_specialisation(by_task: Mapping[str, Mapping[str, Any]], path: str) -> dict[str, float]:
     """Mutual information and routing entropy of one module, from routing_stats.json's ``by_task``."""
     tasks = [task for task, stats in by_task.items() if path in stats["modules"]]
@@ -63,9 +73,11 @@ def module_specialisation(by_task: Mapping[str, Mapping[str, Any]], path: str) -
     return {
         "num_experts": choices.shape[1],
         "mutual_information": mutual_information(weights, choices),
+        "chance_information": chance_information(len(tasks), choices.shape[1], weights.sum()),
         "routing_entropy": entropy((weights / weights.sum()) @ choices),
         "max_entropy": math.log(choices.shape[1]),
         "tasks": len(tasks),
+        "tokens": int(weights.sum()),
     }
 
 
@@ -99,7 +111,7 @@ def by_layer(table: pd.DataFrame) -> pd.DataFrame:
     """Per allocation and decoder layer: the mean over modules and seeds (mutual information and entropy are
     the same under any relabelling of the experts, so seeds average)."""
     grouped = table.groupby(["allocation", "layer"], sort=False)
-    means = grouped[["mutual_information", "routing_entropy", "max_entropy"]].mean()
+    means = grouped[["mutual_information", "chance_information", "routing_entropy", "max_entropy"]].mean()
     return means.join(grouped["num_experts"].max()).reset_index()
 
 

@@ -23,9 +23,10 @@ from medmoelora_eval.stats import (
 )
 
 DEPTH_RULE = (
-    "Depth: in the asymmetric allocation, the mutual information between task and top-1 expert of the "
-    "modules in the upper layers (those with the most experts) minus that of the lower layers; supported "
-    "when its 95% interval (modules resampled) lies above 0, contradicted when below 0, otherwise inconclusive."
+    "Depth: in the asymmetric allocation, the mutual information between task and top-1 expert above its "
+    "chance level ((T - 1)(N - 1) / 2n, which grows with N) of the modules in the upper layers (those with "
+    "the most experts) minus that of the lower layers; supported when its 95% interval (modules resampled) "
+    "lies above 0, contradicted when below 0, otherwise inconclusive."
 )
 SEPARATION_RULE = (
     "Separation: the mean principal angle between the output subspaces of a base expert and a specialist "
@@ -52,9 +53,10 @@ def interval_verdict(lo: float, hi: float) -> str:
 def depth_verdict(routing: pd.DataFrame, allocation: str = "asymmetric") -> dict[str, object]:
     """`DEPTH_RULE` on the per-module routing table (one allocation's rows)."""
     rows = routing[routing["allocation"] == allocation]
+    excess = rows["mutual_information"] - rows["chance_information"]
     most = rows["num_experts"].max()
-    upper = rows.loc[rows["num_experts"] == most, "mutual_information"].to_numpy(dtype=float)
-    lower = rows.loc[rows["num_experts"] < most, "mutual_information"].to_numpy(dtype=float)
+    upper = excess[rows["num_experts"] == most].to_numpy(dtype=float)
+    lower = excess[rows["num_experts"] < most].to_numpy(dtype=float)
     if rows.empty or not len(lower):
         return {"verdict": INCONCLUSIVE, "note": f"no {allocation} layers with fewer experts than others to compare"}
     difference, lo, hi = difference_of_means(upper, lower)
