@@ -39,7 +39,7 @@ def test_a_planted_dual_path_is_supported(tmp_path: Path) -> None:
     directories = _variants(tmp_path, without_base=(STRONG, WEAK), without_specialists=(WEAK, STRONG))
     table, dual = ablation_tables(load_variants(directories), resamples=RESAMPLES)
     assert list(table.columns) == COLUMNS and list(dual.columns) == DUAL_PATH_COLUMNS
-    accuracy = table[table["metric"] == "accuracy"].set_index(["variant", "domain"])
+    accuracy = table[(table["metric"] == "accuracy") & (table["scope"] == "average")].set_index(["variant", "domain"])
     assert set(accuracy.index) == {(v, d) for v in directories for d in ("medical", "general")}
     assert accuracy.loc[("without_base", "general"), "change_hi"] < 0  # base experts removed: general drops
     assert accuracy.loc[("without_base", "medical"), "change"] == pytest.approx(0.0)  # medical untouched
@@ -48,6 +48,13 @@ def test_a_planted_dual_path_is_supported(tmp_path: Path) -> None:
     assert (table["score_lo"] <= table["score"]).all() and (table["score"] <= table["score_hi"]).all()
     assert accuracy.loc[("all_experts", "general"), "tasks"] == "gsm8k mmlu_general"
     assert set(table["metric"]) == {"accuracy", "gold_logprob", "brier"}
+    # Each task of a domain with several has its own rows; the average is the mean of the tasks' scores.
+    tasks = table[
+        (table["metric"] == "accuracy") & (table["variant"] == "without_base") & (table["domain"] == "general")
+    ]
+    assert tasks["scope"].tolist() == ["average", "gsm8k", "mmlu_general"]
+    assert tasks["score"].iloc[0] == pytest.approx(tasks["score"].iloc[1:].mean())
+    assert (tasks["change_hi"] < 0).all()  # both general tasks lose their base experts' skill
     assert set(table["n_seeds"]) == {2}
     assert set(dual["verdict"]) == {SUPPORTED} and len(dual) == 2 * 3  # two ablations x three metrics
     assert overall_verdict(dual) == SUPPORTED
@@ -62,6 +69,7 @@ def test_the_reverse_is_contradicted_and_no_effect_inconclusive(tmp_path: Path) 
     table, dual = ablation_tables(load_variants(same), resamples=RESAMPLES)
     assert set(dual["verdict"]) == {INCONCLUSIVE} and overall_verdict(dual) == INCONCLUSIVE
     changes = table.dropna(subset=["change"])
+    assert set(changes["scope"]) == {"average", "medqa", "pubmedqa", "mmlu_medical", "gsm8k", "mmlu_general"}
     assert (changes["change"] == 0).all() and (changes["p_value"] == 1).all()
 
 

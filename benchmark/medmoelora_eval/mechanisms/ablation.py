@@ -7,9 +7,10 @@ with all experts, without its base experts and without its specialists (lm-eval 
         --seeds 0 --out results/mechanisms/ablation.csv --dual-path results/mechanisms/dual_path.csv
 
 Each directory holds one run's ``<task>.samples.jsonl`` (directly, or in ``seed<k>/`` per training seed).
-A domain's score is the unweighted mean over its tasks that have the metric (medical: MedQA, PubMedQA,
-MMLU-medical; general: GSM8K, MMLU-general, the general LM probe), scored as `medmoelora_eval.stats` scores
-(ratios of per-document sums, `medmoelora_eval.samples.METRICS`).
+A domain's score (scope ``average``) is the unweighted mean over its tasks that have the metric (medical:
+MedQA, PubMedQA, MMLU-medical; general: GSM8K, MMLU-general, the general LM probe), scored as
+`medmoelora_eval.stats` scores (ratios of per-document sums, `medmoelora_eval.samples.METRICS`); where
+several tasks have the metric, each task has its own rows too (scope: the task).
 
 Intervals: `medmoelora_eval.stats`'s percentile bootstrap, with one difference: the three variants are the
 same trained models with experts switched off, so one resample draws the seeds once for all of them (and,
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ DOMAINS = {
     domain: tuple(name for name, task in EVAL_TASKS.items() if task.domain == domain and task.in_tables)
     for domain in ("medical", "general")
 }
-COLUMNS = ["variant", "domain", "metric", "tasks", "score", "score_lo", "score_hi", "change", "change_lo"]
+AVERAGE = "average"  # a domain's scope over all its tasks; the other scopes are single tasks
+COLUMNS = ["variant", "domain", "scope", "metric", "tasks", "score", "score_lo", "score_hi", "change", "change_lo"]
 COLUMNS += ["change_hi", "p_value", "n_documents", "n_seeds", "resamples", "seed"]
 DUAL_PATH_COLUMNS = ["ablation", "metric", "predicted_domain", "harm_predicted", "harm_other", "difference"]
 DUAL_PATH_COLUMNS += ["difference_lo", "difference_hi", "p_value_predicted", "p_value_other", "verdict"]
@@ -85,43 +87,48 @@ def load_variants(directories: Mapping[str, Path], seeds: Sequence[int] | None =
     return pd.concat(frames, ignore_index=True)
 
 
-def domain_strata(samples: pd.DataFrame, metric: str) -> dict[str, dict[str, list[Stratum]]]:
-    """domain -> variant -> strata of the domain's tasks that have ``metric`` in every variant."""
-    found: dict[str, dict[str, list[Stratum]]] = {}
+def scope_strata(samples: pd.DataFrame, metric: str) -> dict[tuple[str, str], dict[str, list[Stratum]]]:
+    """(domain, scope) -> variant -> strata, for the domain's tasks that have ``metric`` in every variant:
+    scope ``average`` (all of them, each task counting once) and, where there are several, each task."""
+    found: dict[tuple[str, str], dict[str, list[Stratum]]] = {}
     for domain, tasks in DOMAINS.items():
         usable = [task for task in tasks if all(has_metric(samples, variant, task, metric) for variant in VARIANTS)]
-        if usable:
-            found[domain] = {
-                variant: [stratum for task in usable for stratum in strata(samples, variant, task, metric)]
-                for variant in VARIANTS
-            }
+        scopes = {AVERAGE: usable, **({task: [task] for task in usable} if len(usable) > 1 else {})}
+        for scope, chosen in scopes.items():
+            if chosen:
+                found[(domain, scope)] = {
+                    variant: [stratum for task in chosen for stratum in strata(samples, variant, task, metric)]
+                    for variant in VARIANTS
+                }
     return found
 
 
 def joint_replicates(
-    groups: Mapping[str, Mapping[str, Sequence[Stratum]]], resamples: int = RESAMPLES, seed: int = SEED
-) -> dict[tuple[str, str], np.ndarray]:
-    """(domain, variant) -> (resamples,) bootstrap scores, every resample drawing the seeds once for all
-    groups (the variants are the same trained models) and each task's documents once for all variants."""
+    groups: Mapping[Hashable, Mapping[str, Sequence[Stratum]]], resamples: int = RESAMPLES, seed: int = SEED
+) -> dict[tuple[Hashable, str], np.ndarray]:
+    """(group, variant) -> (resamples,) bootstrap scores, every resample drawing the seeds once for all
+    groups (the variants are the same trained models) and each group's documents once for all variants."""
     first = next(iter(next(iter(groups.values())).values()))
     seeds = first[0].seeds
-    for domain, variants in groups.items():
+    for variants in groups.values():
         for variant, chosen in variants.items():
             if any(stratum.seeds != seeds for stratum in chosen):
-                raise UserError(f"{variant} has {chosen[0].seeds} seeds on {domain} tasks, {ALL_EXPERTS} {seeds}")
+                raise UserError(f"{variant} has {chosen[0].seeds} seeds on {chosen[0].name}, {ALL_EXPERTS} {seeds}")
     widest = max(s.numerator.shape[1] for variants in groups.values() for s in variants[ALL_EXPERTS])
     chunk = max(1, _CHUNK_CELLS // widest)
     rng = np.random.default_rng(seed)
-    found: dict[tuple[str, str], list[np.ndarray]] = {(d, v): [] for d, variants in groups.items() for v in variants}
+    found: dict[tuple[Hashable, str], list[np.ndarray]] = {
+        (g, v): [] for g, variants in groups.items() for v in variants
+    }
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         seed_counts = resample_counts(rng, seeds, size)  # (size, S): shared by every group
-        for domain, variants in groups.items():
+        for group, variants in groups.items():
             reference = variants[ALL_EXPERTS]
             drawn = [rng.integers(0, s.numerator.shape[1], (size, s.numerator.shape[1])) for s in reference]
             for variant, chosen in variants.items():
                 _check_same_documents(reference, chosen, variant)
-                found[(domain, variant)].append(resampled_scores(chosen, seed_counts, drawn))
+                found[(group, variant)].append(resampled_scores(chosen, seed_counts, drawn))
     return {key: np.concatenate(parts) for key, parts in found.items()}
 
 
@@ -142,40 +149,39 @@ def harm(change: np.ndarray | float, metric: str) -> np.ndarray | float:
 def ablation_tables(
     samples: pd.DataFrame, resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the ablation table: every variant x domain x metric, the dual-path table: every ablation x metric
-    scored in both domains)."""
+    """(the ablation table: every variant x domain x scope x metric, the dual-path table: every ablation x
+    metric scored in both domains, on the domains' averages)."""
     rows, dual = [], []
     for metric in METRICS:
-        groups = domain_strata(samples, metric)
+        groups = scope_strata(samples, metric)
         if not groups:
             continue
         replicates = joint_replicates(groups, resamples, seed)
         p_values = {}
-        for domain, variants in groups.items():
+        for (domain, scope), variants in groups.items():
             reference = variants[ALL_EXPERTS]
             for variant, chosen in variants.items():
-                score = estimate(chosen)
-                row = {"variant": variant, "domain": domain, "metric": metric}
-                row |= {"tasks": " ".join(s.name for s in chosen)}
-                lo, hi = _interval(replicates[(domain, variant)])
-                row |= {"score": score, "score_lo": lo, "score_hi": hi}
+                score, own = estimate(chosen), replicates[((domain, scope), variant)]
+                lo, hi = _interval(own)
+                row = {"variant": variant, "domain": domain, "scope": scope, "metric": metric}
+                row |= {"tasks": " ".join(s.name for s in chosen), "score": score, "score_lo": lo, "score_hi": hi}
                 if variant != ALL_EXPERTS:
-                    change = replicates[(domain, variant)] - replicates[(domain, ALL_EXPERTS)]
-                    p_values[(domain, variant)] = sign_flip_p_value(chosen, reference, resamples, seed)
-                    row |= {"change": score - estimate(reference), "p_value": p_values[(domain, variant)]}
+                    change = own - replicates[((domain, scope), ALL_EXPERTS)]
+                    p_values[(domain, scope, variant)] = sign_flip_p_value(chosen, reference, resamples, seed)
+                    row |= {"change": score - estimate(reference), "p_value": p_values[(domain, scope, variant)]}
                     row |= dict(zip(("change_lo", "change_hi"), _interval(change), strict=True))
                 row |= {"n_documents": sum(s.numerator.shape[1] for s in chosen), "n_seeds": chosen[0].seeds}
                 rows.append(row)
-        if set(groups) == set(DOMAINS):
+        if all((domain, AVERAGE) in groups for domain in DOMAINS):
             dual += [_dual_path(groups, replicates, p_values, ablation, metric) for ablation in ABLATIONS]
     table = pd.DataFrame.from_records(rows).reindex(columns=COLUMNS).assign(resamples=resamples, seed=seed)
     return table, pd.DataFrame.from_records(dual, columns=DUAL_PATH_COLUMNS)
 
 
 def _dual_path(
-    groups: Mapping[str, Mapping[str, Sequence[Stratum]]],
-    replicates: Mapping[tuple[str, str], np.ndarray],
-    p_values: Mapping[tuple[str, str], float],
+    groups: Mapping[tuple[str, str], Mapping[str, Sequence[Stratum]]],
+    replicates: Mapping[tuple[Hashable, str], np.ndarray],
+    p_values: Mapping[tuple[str, str, str], float],
     ablation: str,
     metric: str,
 ) -> dict[str, object]:
@@ -183,12 +189,13 @@ def _dual_path(
     other = next(domain for domain in DOMAINS if domain != predicted)
 
     def harms(domain: str) -> tuple[float, np.ndarray]:
-        point = estimate(groups[domain][ablation]) - estimate(groups[domain][ALL_EXPERTS])
-        return harm(point, metric), harm(replicates[(domain, ablation)] - replicates[(domain, ALL_EXPERTS)], metric)
+        variants, key = groups[(domain, AVERAGE)], (domain, AVERAGE)
+        point = estimate(variants[ablation]) - estimate(variants[ALL_EXPERTS])
+        return harm(point, metric), harm(replicates[(key, ablation)] - replicates[(key, ALL_EXPERTS)], metric)
 
     (harm_predicted, draws_predicted), (harm_other, draws_other) = harms(predicted), harms(other)
     lo, hi = _interval(draws_predicted - draws_other)
-    predicted_p, other_p = p_values[(predicted, ablation)], p_values[(other, ablation)]
+    predicted_p, other_p = p_values[(predicted, AVERAGE, ablation)], p_values[(other, AVERAGE, ablation)]
     if lo > 0 and harm_predicted > 0 and predicted_p < ALPHA:
         verdict = SUPPORTED
     elif hi < 0 and harm_other > 0 and other_p < ALPHA:

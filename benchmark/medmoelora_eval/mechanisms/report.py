@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medmoelora.errors import UserError
-from medmoelora_eval.mechanisms.ablation import DUAL_PATH_RULE, overall_verdict
+from medmoelora_eval.mechanisms.ablation import AVERAGE, DUAL_PATH_RULE, overall_verdict
 from medmoelora_eval.mechanisms.verdicts import DEPTH_RULE, SEPARATION_RULE, depth_verdict, separation_verdict
 from medmoelora_eval.samples import METRICS
 
@@ -41,6 +41,7 @@ def _digits(metric: str) -> int:
 
 
 def ablation_lines(table: pd.DataFrame, dual: pd.DataFrame) -> list[str]:
+    table = table[table["scope"] == AVERAGE].reset_index(drop=True)  # each task's rows: ablation.csv
     shown = pd.DataFrame(
         {
             "experts": table["variant"].str.replace("_", " "),
@@ -79,8 +80,8 @@ def ablation_lines(table: pd.DataFrame, dual: pd.DataFrame) -> list[str]:
         "",
         f"**{verdict}** (accuracy). The Med-MoE-LoRA run evaluated with all experts, without its base experts "
         "(`disable_experts=base`) and without its specialists (`disable_experts=specialists`), the router "
-        "renormalised over the remaining experts; scores by domain, each change paired against all experts "
-        f"(same documents and seeds). {DUAL_PATH_RULE}",
+        "renormalised over the remaining experts; scores by domain (the mean of its tasks; each task's own rows "
+        f"are in ablation.csv), each change paired against all experts (same documents and seeds). {DUAL_PATH_RULE}",
         "",
         shown.to_markdown(index=False, disable_numparse=True),
         "",
