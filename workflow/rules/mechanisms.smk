@@ -48,6 +48,8 @@ rule eval_ablation:
         full=ABLATION_DIR + "/{ablation}/seed{seed}/lm_eval_results.json",
     log:
         "logs/eval_ablation/{ablation}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/eval_ablation/{ablation}/seed{seed}.tsv"
     wildcard_constraints:
         ablation="|".join(ABLATION_SPECS),
     conda:
@@ -92,6 +94,8 @@ rule mechanisms_ablation:
         dual_path="results/mechanisms/dual_path.csv",
     log:
         "logs/mechanisms_ablation/mechanisms_ablation.log",
+    benchmark:
+        "results/benchmarks/mechanisms_ablation/mechanisms_ablation.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -110,6 +114,8 @@ rule mechanisms_routing:
         "results/mechanisms/routing_specialisation.csv",
     log:
         "logs/mechanisms_routing/mechanisms_routing.log",
+    benchmark:
+        "results/benchmarks/mechanisms_routing/mechanisms_routing.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -132,6 +138,8 @@ rule mechanisms_subspace:
         "results/mechanisms/subspace_overlap.csv",
     log:
         "logs/mechanisms_subspace/mechanisms_subspace.log",
+    benchmark:
+        "results/benchmarks/mechanisms_subspace/mechanisms_subspace.tsv"
     conda:
         "../envs/medmoelora.yaml"
     params:
@@ -151,6 +159,8 @@ rule figure_routing_by_depth:
         ),
     log:
         "logs/figure_routing_by_depth/figure_routing_by_depth.log",
+    benchmark:
+        "results/benchmarks/figure_routing_by_depth/figure_routing_by_depth.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
@@ -168,6 +178,8 @@ rule figure_subspace_by_depth:
         ),
     log:
         "logs/figure_subspace_by_depth/figure_subspace_by_depth.log",
+    benchmark:
+        "results/benchmarks/figure_subspace_by_depth/figure_subspace_by_depth.tsv"
     conda:
         "../envs/medmoelora.yaml"
     shell:
