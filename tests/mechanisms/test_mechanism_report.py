@@ -71,18 +71,23 @@ def test_separation_verdict_follows_the_rule() -> None:
     assert found["verdict"] == INCONCLUSIVE and found["chance"] == pytest.approx(1.5)
 
 
-def test_the_section_states_each_mechanism_with_its_verdict_and_figures(tmp_path: Path) -> None:
-    mechanisms = tmp_path / "results" / "mechanisms"
+def write_mechanisms(mechanisms: Path, scratch: Path) -> None:
+    """results/mechanisms/'s tables from synthetic runs with a planted dual path, depth effect and no separation."""
     mechanisms.mkdir(parents=True)
-    write_run(tmp_path / "eval", "all", 2.0, 2.0, seeds=[0])
-    write_run(tmp_path / "eval", "no_base", 2.0, -1.0, seeds=[0])
-    write_run(tmp_path / "eval", "no_specialists", -1.0, 2.0, seeds=[0])
+    write_run(scratch, "all", 2.0, 2.0, seeds=[0])
+    write_run(scratch, "no_base", 2.0, -1.0, seeds=[0])
+    write_run(scratch, "no_specialists", -1.0, 2.0, seeds=[0])
     variants = {"all_experts": "all", "without_base": "no_base", "without_specialists": "no_specialists"}
-    table, dual = ablation_tables(load_variants({v: tmp_path / "eval" / r for v, r in variants.items()}), 500)
+    table, dual = ablation_tables(load_variants({v: scratch / r for v, r in variants.items()}), 500)
     table.to_csv(mechanisms / "ablation.csv", index=False)
     dual.to_csv(mechanisms / "dual_path.csv", index=False)
     _routing(0.5, 0.1).to_csv(mechanisms / "routing_specialisation.csv", index=False)
     _angles(1.0, 1.5).to_csv(mechanisms / "subspace_overlap.csv", index=False)
+
+
+def test_the_section_states_each_mechanism_with_its_verdict_and_figures(tmp_path: Path) -> None:
+    mechanisms = tmp_path / "results" / "mechanisms"
+    write_mechanisms(mechanisms, tmp_path / "eval")
     text = "\n".join(mechanisms_section(mechanisms, tmp_path / "results"))
     assert text.startswith("## Mechanisms\n")
     sections = text.split("\n### ")[1:]
