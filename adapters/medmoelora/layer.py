@@ -153,6 +153,9 @@ class MoELoRALinear(nn.Module):
             self.log_temperature = None
         self.reset_parameters()
         self.last_router_probs: torch.Tensor | None = None
+        # Expert ablation (evaluation only): (N,) 1 = kept, 0 = removed; None keeps every expert and leaves
+        # the gates untouched. Set through `MoELoRAModel.disable_experts` (see `medmoelora.ablation`).
+        self.expert_keep: torch.Tensor | None = None
         self.reset_stats()
         self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
         # Top-k runs dense (every expert's rank slots, the unchosen ones zeroed): on CPU the grouped path
@@ -236,13 +239,14 @@ class MoELoRALinear(nn.Module):
         if not self.adapter_enabled or self.merged_expert is not None:
             return result
         if self.grouped_top_k:
-            return result + self.grouped_top_k_update(x, self.gates(x)).to(result.dtype)  # (B, T, d_out)
+            update = self.grouped_top_k_update(x, self.gates_after_ablation(x))  # (B, T, d_out)
+            return result + update.to(result.dtype)
         lora_A, lora_B = self.forward_weights()  # (R [+ N], d_in), (d_out, R)
         rank = lora_B.shape[1]
         projected = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R [+ N])
         hidden = projected[..., :rank]  # (B, T, R)
         router_logits = projected[..., rank:] if self.router_in_a_gemm else None  # (B, T, N), fp32
-        gates = self.gates(x, router_logits)  # (B, T, N) or (B, 1, N) or None
+        gates = self.gates_after_ablation(x, router_logits)  # (B, T, N) or (B, 1, N) or None
         scale = 1.0
         if gates is None:  # LoRA: one expert, its alpha / r applied by the output GEMM (no pass over hidden)
             scale = self.alphas[0] / self.ranks[0]
@@ -327,6 +331,13 @@ class MoELoRALinear(nn.Module):
             self._accumulate_stats(gates.expand(*x.shape[:-1], self.num_experts))
         return gates
 
+    def gates_after_ablation(self, x: torch.Tensor, router_logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """`gates` with the expert ablation applied (`MoELoRAModel.disable_experts`); unchanged without one."""
+        gates = self.gates(x, router_logits)  # (B, T, N) or (B, 1, N) or None
+        if self.expert_keep is not None:  # expert ablation: the one step, g_i <- g_i m_i / sum_j g_j m_j
+            gates = _renormalise_without_removed(gates, self.expert_keep)  # (B, T, N), (B, 1, N) or (N,)
+        return gates
+
     def router_probs(self, x: torch.Tensor, router_logits: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(W_g x / tau) in fp32: (B, T, d_in) -> (B, T, N); W_g x is ``router_logits`` if given."""
         logits = self.router(x.float()) if router_logits is None else router_logits  # (B, T, N)
@@ -380,3 +391,27 @@ def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
     top_values = top_values / top_values.sum(dim=-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, top_index, top_values)
+<<<<<<< HEAD
+=======
+
+
+def grouped_top_k_is_faster(num_experts: int, top_k: int, ranks: list[int]) -> bool:
+    """Whether computing only the chosen experts, tokens grouped by expert, beats the dense fused matmul
+    pair for this layer. The rule is the crossover `medmoelora_eval.perf_layer --top-k` measured
+    (README.md, Performance): the grouped path pays a gather, a scatter-add and a small GEMM pair per
+    expert, so it wins only where it skips most of the rank slots."""
+    skipped_share = 1.0 - top_k / num_experts
+    return skipped_share >= GROUPED_TOP_K_MIN_SKIPPED and min(ranks) >= GROUPED_TOP_K_MIN_RANK
+
+
+GROUPED_TOP_K_MIN_SKIPPED = 2.0  # placeholder until measured: never
+GROUPED_TOP_K_MIN_RANK = 0
+
+
+def _renormalise_without_removed(gates: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
+    """Expert ablation: zero the removed experts' gates and renormalise the rest to sum to 1, as if the router
+    had only the kept experts. ``gates`` (..., N) or None (one expert, g = 1); ``keep`` (N,) of 0 and 1.
+    Where every expert with weight is removed the sum is 0 and so is every gate: the layer is W0 exactly."""
+    weights = keep if gates is None else gates * keep  # (..., N)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+>>>>>>> mech

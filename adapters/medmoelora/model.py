@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import noop_context_fn
 
+from medmoelora.ablation import parse_disabled_experts
 from medmoelora.config import AdapterConfig
 from medmoelora.errors import UserError
 from medmoelora.layer import MoELoRALinear, RoutingContext
@@ -237,6 +238,8 @@ class MoELoRAModel(nn.Module):
         if routing == "none" and expert not in (None, 0):
             raise UserError(f"a LoRA adapter has one expert (0), got expert={expert}")
         layers = list(self.adapter_layers().values())
+        if any(layer.expert_keep is not None for layer in layers):  # a merged weight would ignore the ablation
+            raise UserError("experts are disabled (disable_experts); evaluate unmerged or call disable_experts(None)")
         try:
             for layer in layers:
                 layer.merge(expert or 0)
@@ -258,6 +261,24 @@ class MoELoRAModel(nn.Module):
         finally:
             for layer in layers:
                 layer.adapter_enabled = True
+
+    def disable_experts(self, spec: str | None) -> dict[int, frozenset[int]]:
+        """Remove the experts that ``spec`` names (`medmoelora.ablation`: ``base``, ``specialists``, ``L:E``
+        terms) from every later forward's mixture, the router renormalised over the rest; ``None`` or
+        ``"none"`` puts every expert back. Returns decoder layer -> removed experts."""
+        layers = self.adapter_layers()
+        if any(layer.merged_expert is not None for layer in layers.values()):
+            raise UserError("the adapter is merged into the base weights; disable experts outside `merged()`")
+        counts = {self.layer_index[path]: layer.num_experts for path, layer in layers.items()}
+        removed = parse_disabled_experts(spec, counts, self.adapter_config.num_base_experts)
+        for path, layer in layers.items():
+            experts = removed.get(self.layer_index[path])
+            keep = None
+            if experts:  # a layer with nothing removed keeps its gates untouched (no renormalisation)
+                keep = torch.ones(layer.num_experts, dtype=layer.gate_to_slot.dtype, device=layer.gate_to_slot.device)
+                keep[sorted(experts)] = 0
+            layer.expert_keep = keep
+        return removed
 
     def parameter_groups(self, learning_rate: float, weight_decay: float = 0.0) -> list[dict[str, object]]:
         """Optimizer groups: base experts at ``base_lr_scale`` times the learning rate; routers and

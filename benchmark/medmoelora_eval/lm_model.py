@@ -3,6 +3,9 @@
     lm_eval --model medmoelora --model_args pretrained=BASE_DIR,adapter=ADAPTER_DIR,dtype=float32 \
         --include_path benchmark/tasks --tasks TASKS      # the suite's tasks: medmoelora.tasks
 
+``disable_experts=SPEC`` in ``--model_args`` removes experts from the mixture for the whole evaluation
+(``base``, ``specialists``, ``L:E`` terms joined with ``+``; `medmoelora.ablation`).
+
 The base model loads through HFLM's own machinery (dtype, device, batch_size incl. ``auto``,
 max_batch_size, ``accelerate launch`` data parallelism), then `medmoelora.load_adapter` injects the
 adapter into it. HFLM keeps calling the transformers model itself (generate() included); the adapter
@@ -60,7 +63,14 @@ def _check_pretrained(pretrained: Any) -> None:
 class MedMoELoRALM(HFLM):
     """HFLM plus ``adapter=DIR`` (a directory that `medmoelora.save_adapter` wrote)."""
 
-    def __init__(self, pretrained: Any = None, adapter: str | None = None, merge: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: Any = None,
+        adapter: str | None = None,
+        merge: bool = True,
+        disable_experts: Any = None,
+        **kwargs: Any,
+    ) -> None:
         with one_line_user_errors():
             if not pretrained:
                 raise UserError("--model medmoelora needs the base model: --model_args pretrained=BASE_DIR,adapter=DIR")
@@ -75,11 +85,16 @@ class MedMoELoRALM(HFLM):
             # become MoELoRALinear on the device of the weights they wrap (so accelerate's placement holds).
             self.adapted = load_adapter(self.model, adapter)
             self.adapted.eval()  # new modules start in training mode; eval keeps no router state
+            # lm-eval turns a bare number into an int: str() so that the spec's own check names it.
+            spec = None if disable_experts is None else str(disable_experts)
+            self.disabled_experts = self.adapted.disable_experts(spec)  # decoder layer -> removed experts
+        self.disable_experts_spec = spec or "none"
         self.adapter = str(adapter)
         config = self.adapted.adapter_config
         self.task_router = TaskRouter(config, self.adapter) if config.routing == "task" else None
         self._active_expert: int | None = None
-        self.merge = bool(merge) and config.routing != "soft"  # soft routing differs per token: no merge
+        # Soft routing differs per token: no merge. Nor with experts removed: the ablation acts on the gates.
+        self.merge = bool(merge) and config.routing != "soft" and not self.disabled_experts
         self._merge_held = ExitStack()  # holds the `merged` block of the expert now in the weights
         self._merged_expert: int | None = None
 
@@ -187,4 +202,5 @@ class MedMoELoRALM(HFLM):
         info.update(
             adapter=self.adapter, adapter_method=config.method, adapter_routing=config.routing, merged=self.merge
         )
+        info.update(disable_experts=self.disable_experts_spec)
         return info

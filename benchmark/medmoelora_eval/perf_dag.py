@@ -31,6 +31,7 @@ STAGES = {
     "materialize_model": "model",
     "train": "training",
     "eval": "evaluation",
+    "eval_ablation": "evaluation",  # results/mechanisms: the same lm-eval command, experts removed
 }
 STARTUP = "lm-eval start-up and result split"
 BENCHMARKS = "benchmarks (perf)"

@@ -1,5 +1,5 @@
-"""results/report.md: the claims first, then every table with its intervals, training health, the
-precision of this configuration, and the figures.
+"""results/report.md: the claims first, then every table with its intervals, the mechanism analyses (with
+``--mechanisms``), training health, the precision of this configuration, and the figures.
 
     python -m medmoelora_eval.report --tables results/table*.csv --claims results/claims.csv \
         --figures results/figures/*.png --reported results/paper/reported.csv --runs lora med_moe_lora ... \
@@ -31,6 +31,7 @@ from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
 from medmoelora_eval.claims import expert_shares, render_claims
+from medmoelora_eval.mechanisms.report import mechanisms_section
 from medmoelora_eval.precision import expected_precision
 from medmoelora_eval.samples import load_samples
 from medmoelora_eval.stats import INTERVAL_METHOD, RESAMPLES, SEED
@@ -314,6 +315,8 @@ def render(args: argparse.Namespace, reported: pd.DataFrame) -> str:
     lines = header(args.model, args.seeds, documents)
     lines += [render_claims(claims)]
     lines += tables_section(args.tables, reported, args.paper_base_model, args.model)
+    if args.mechanisms is not None:  # results/mechanisms: the expert ablation, routing by depth, subspaces
+        lines += mechanisms_section(args.mechanisms, args.out.parent)
     lines += health_section(args.train_dir, args.runs, args.seeds)
     lines += precision_section(documents, table1)
     lines += ["## Figures", ""]
@@ -340,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the base model is the paper's: set our absolute figures beside the paper's",
     )
+    parser.add_argument("--mechanisms", type=Path, help="results/mechanisms: adds the Mechanisms section")
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     parser.add_argument("--train-dir", type=Path, default=Path("results/train"))
     parser.add_argument("--out", type=Path, required=True)

@@ -111,3 +111,14 @@ def test_training_health_reports_heldout_loss_expert_shares_and_tau(workdir: Pat
     taus = health.split("### Router temperature")[1].splitlines()
     (tau,) = [line for line in taus if line.startswith("| med_moe_lora")]  # lora has no router
     assert "2.250" in tau  # taus 1 and 2, doubled in seed 1: mean 2.25
+
+
+def test_mechanisms_section_follows_the_tables_when_asked(workdir: Path) -> None:
+    from tests.mechanisms.test_mechanism_report import write_mechanisms
+
+    mechanisms = workdir / "mechanisms"
+    write_mechanisms(mechanisms, workdir / "mechanism_runs")
+    text = build(workdir, "--mechanisms", str(mechanisms))
+    assert re.findall(r"^## (.+)$", text, re.M)[:3] == ["Claims", "Tables", "Mechanisms"]
+    assert "![routing by depth](mechanisms/routing_by_depth.png)" in section(text, "Mechanisms")
+    assert "## Mechanisms" not in build(workdir)

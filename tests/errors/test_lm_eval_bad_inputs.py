@@ -120,6 +120,21 @@ CASES = [
         r"other_base was made for .* decoder layers, but this base model has 4",
     ),
     Case(
+        "disable_experts unreadable",
+        _load(lambda s: s.base(disable_experts="bse")),
+        r"disable_experts=bse: cannot read 'bse'; give none, base, specialists, or L:E terms",
+    ),
+    Case(
+        "disable_experts layer out of range",
+        _load(lambda s: s.base(disable_experts="4:0")),
+        r"disable_experts=4:0: 4 is out of range; decoder layers are 0-3",
+    ),
+    Case(
+        "disable_experts base without base experts",
+        _load(lambda s: s.base(disable_experts="base")),
+        r"disable_experts=base: this adapter has no base experts",
+    ),
+    Case(
         "base model safetensors truncated",
         _load(lambda s: s.base(pretrained=s.model("base", lambda d: truncate(d / "model.safetensors")))),
         r"pretrained=.*base: model.safetensors is truncated or corrupt",

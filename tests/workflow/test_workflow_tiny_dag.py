@@ -7,6 +7,10 @@
 - Intervals: every score and change of tables 1-4 has `_lo` / `_hi` columns with lo <= score <= hi.
 - Claims: results/claims.csv has a verdict for every claim of the paper, and results/report.md opens
   with them; `snakemake --report results/report.html` builds Snakemake's own report of the same run.
+- Mechanisms: results/mechanisms/ holds the expert-ablation table (the med_moe_lora run re-evaluated on
+  the same documents without base experts and without specialists), the routing and subspace tables and
+  their figures, and the report states a verdict for each mechanism. None of it changes table1 or the
+  fingerprint (the ablations are evaluated into results/mechanisms/eval/).
 - The method's fingerprint (tests/workflow/fingerprint.py) matches golden/fingerprint.json: every
   document's loglikelihood per choice, per run; each trained run's losses and aux losses per step, final
   loss, expert shares per layer and learned tau per layer. table1.csv cannot see the method (four to 57
@@ -45,7 +49,8 @@ Regenerate the golden files after an intended change, then review their diff:
     MEDMOE_UPDATE_GOLDEN=1 pytest tests/workflow/test_workflow_tiny_dag.py
 
 About 6 minutes on 2 CPU cores (9 trained runs, 10 evaluations, one seed; several seeds are covered by
-a dry run in test_workflow_static.py and by tests/benchmark/test_tables.py on synthetic results).
+a dry run in test_workflow_static.py and by tests/benchmark/test_tables.py on synthetic results), plus the
+two ablated evaluations of results/mechanisms (78 and 84 s each here, measured on a busy machine).
 """
 
 from __future__ import annotations
@@ -162,11 +167,45 @@ def test_claims_have_a_verdict_each_and_open_the_report(tiny_run: Path) -> None:
     assert "not the paper's Llama-3-8B" in report and "Against the paper" not in report
 
 
+def test_mechanisms_are_built_and_the_report_states_each(tiny_run: Path) -> None:
+    mechanisms = tiny_run / "results/mechanisms"
+    ablation = pd.read_csv(mechanisms / "ablation.csv")
+    assert set(ablation["variant"]) == {"all_experts", "without_base", "without_specialists"}
+    assert set(ablation["domain"]) == {"medical", "general"} and "accuracy" in set(ablation["metric"])
+    assert (ablation["score_lo"] <= ablation["score"]).all() and (ablation["score"] <= ablation["score_hi"]).all()
+    ablated = ablation[ablation["variant"] != "all_experts"]
+    assert ablated["change"].notna().all() and (ablated["change_lo"] <= ablated["change_hi"]).all()
+    # The ablations evaluated the same documents as the run itself, and changed its outputs.
+    for ablation_dir in ("without_base", "without_specialists"):
+        ablated_docs = read_jsonl(mechanisms / "eval" / ablation_dir / "seed0" / "medqa.samples.jsonl")
+        own_docs = read_jsonl(tiny_run / eval_dir("med_moe_lora") / "medqa.samples.jsonl")
+        assert [d["doc_id"] for d in ablated_docs] == [d["doc_id"] for d in own_docs]
+        assert [d["loglikelihoods"] for d in ablated_docs] != [d["loglikelihoods"] for d in own_docs]
+    dual = pd.read_csv(mechanisms / "dual_path.csv")
+    assert set(dual["verdict"]) <= {SUPPORTED, CONTRADICTED, INCONCLUSIVE} and len(dual) >= 2
+    routing = pd.read_csv(mechanisms / "routing_specialisation.csv")
+    assert set(routing["allocation"]) == {"uniform", "asymmetric", "inverted"}
+    assert (routing["mutual_information"] >= 0).all() and (
+        routing["routing_entropy"] <= routing["max_entropy"] + 1e-9
+    ).all()
+    angles = pd.read_csv(mechanisms / "subspace_overlap.csv")
+    assert set(angles["pair"]) == {"base-specialist", "specialist-specialist"}
+    assert angles["mean_angle"].between(0, math.pi / 2 + 1e-9).all()
+    for figure in ("routing_by_depth.png", "subspace_by_depth.png"):
+        assert (mechanisms / figure).read_bytes()[:4] == b"\x89PNG"
+    report = (tiny_run / "results/report.md").read_text(encoding="utf-8")
+    section = report.split("\n## Mechanisms\n")[1].split("\n## ")[0]
+    for number in ("1. Dual path", "2. Deeper layers", "3. General and domain knowledge"):
+        part = section.split(f"### {number}")[1].split("\n### ")[0]
+        assert any(f"**{verdict}**" in part for verdict in (SUPPORTED, CONTRADICTED, INCONCLUSIVE)), number
+
+
 def test_snakemake_builds_its_own_report(tiny_run: Path) -> None:
     result = snakemake(tiny_run, "--report", "results/report.html", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tiny_run / "results/report.html").read_text(encoding="utf-8")
-    for name in ("claims.csv", *(f"table{n}.csv" for n in range(1, 6)), "forgetting.png", "claims.png", "report.md"):
+    shown = ("claims.csv", *(f"table{n}.csv" for n in range(1, 6)), "forgetting.png", "claims.png", "report.md")
+    for name in (*shown, "ablation.csv", "routing_by_depth.png", "subspace_by_depth.png"):
         assert name in page, name
     assert "Forgetting of general skills: each run" in page  # a caption from workflow/report/
 

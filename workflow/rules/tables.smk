@@ -177,6 +177,7 @@ rule report:
         routing=train_files(REPORTED_RUNS, "routing_stats.json"),
         metrics=train_files(REPORTED_RUNS),
         adapters=train_files(REPORTED_RUNS, "adapter_model.safetensors"),
+        mechanisms=MECHANISMS,
     output:
         report("results/report.md", caption="../report/report_md.rst", category="Report"),
     log:
@@ -191,7 +192,8 @@ rule report:
         base=BASE_RUN,
         model=config["model"]["spec"],
         paper="--paper-base-model" if config["report"]["paper_base_model"] else "",
+        mechanisms="--mechanisms results/mechanisms" if MECHANISMS else "",
     shell:
         "python -m medmoelora_eval.report --tables {input.tables} --claims {input.claims} --figures {input.figures}"
         " --reported {input.reported} --runs {params.runs} --seeds {params.seeds} --base {params.base}"
-        " --model {params.model:q} {params.paper} --out {output} 2> {log}"
+        " --model {params.model:q} {params.paper} {params.mechanisms} --out {output} 2> {log}"
