@@ -391,21 +391,6 @@ def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     top_values, top_index = probs.topk(k, dim=-1)  # (B, T, k)
     top_values = top_values / top_values.sum(dim=-1, keepdim=True)
     return torch.zeros_like(probs).scatter(-1, top_index, top_values)
-<<<<<<< HEAD
-=======
-
-
-def grouped_top_k_is_faster(num_experts: int, top_k: int, ranks: list[int]) -> bool:
-    """Whether computing only the chosen experts, tokens grouped by expert, beats the dense fused matmul
-    pair for this layer. The rule is the crossover `medmoelora_eval.perf_layer --top-k` measured
-    (README.md, Performance): the grouped path pays a gather, a scatter-add and a small GEMM pair per
-    expert, so it wins only where it skips most of the rank slots."""
-    skipped_share = 1.0 - top_k / num_experts
-    return skipped_share >= GROUPED_TOP_K_MIN_SKIPPED and min(ranks) >= GROUPED_TOP_K_MIN_RANK
-
-
-GROUPED_TOP_K_MIN_SKIPPED = 2.0  # placeholder until measured: never
-GROUPED_TOP_K_MIN_RANK = 0
 
 
 def _renormalise_without_removed(gates: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor:
@@ -414,4 +399,3 @@ def _renormalise_without_removed(gates: torch.Tensor | None, keep: torch.Tensor)
     Where every expert with weight is removed the sum is 0 and so is every gate: the layer is W0 exactly."""
     weights = keep if gates is None else gates * keep  # (..., N)
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
->>>>>>> mech
