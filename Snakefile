@@ -21,7 +21,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
-include: "workflow/rules/mechanisms.smk"  # before tables.smk: the report reads MECHANISMS
+include: "workflow/rules/mechanisms.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/perf.smk"

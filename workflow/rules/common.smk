@@ -178,3 +178,31 @@ def get_eval_adapter(wildcards) -> list[str]:
 
 def compute(stage: str, key: str):
     return config["compute"][stage][key]
+
+
+# ---- results/mechanisms (mechanisms.smk) ------------------------------------------------------------------
+MECHANISM_RUN = CLAIM_RUNS.get("med_moe_lora")
+ABLATION_SPECS = {"without_base": "base", "without_specialists": "specialists"}  # -> disable_experts=
+ABLATION_DIR = "results/mechanisms/eval"
+MECHANISM_FILES = ["ablation.csv", "dual_path.csv", "routing_specialisation.csv", "subspace_overlap.csv"]
+MECHANISM_FILES += ["routing_by_depth.png", "subspace_by_depth.png"]
+MECHANISMS = [f"results/mechanisms/{name}" for name in MECHANISM_FILES] if MECHANISM_RUN else []
+
+
+def mechanism_run() -> str:
+    if not MECHANISM_RUN:
+        sys.exit("error: results/mechanisms needs a Med-MoE-LoRA run: define run med_moe_lora or set claims.runs")
+    return MECHANISM_RUN
+
+
+def get_ablation_model_args(wildcards) -> str:
+    adapter = f"results/train/{mechanism_run()}/seed{wildcards.seed}"
+    spec = ABLATION_SPECS[wildcards.ablation]
+    return f"pretrained={MODEL_DIR},dtype={config['eval']['dtype']},adapter={adapter},disable_experts={spec}"
+
+
+def get_ablation_adapter(wildcards) -> list[str]:
+    return [
+        f"results/train/{mechanism_run()}/seed{wildcards.seed}/{name}"
+        for name in ("adapter_model.safetensors", "adapter_config.json")
+    ]

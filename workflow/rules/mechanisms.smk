@@ -4,33 +4,7 @@
 #   (lm_eval ... disable_experts=base|specialists, the same documents), then ablation.csv and dual_path.csv;
 # - routing specialisation by depth from the routing_stats.json of the config's allocation runs
 #   (tables.allocation), and the subspace overlap of the run's experts, each with a figure across depth.
-MECHANISM_RUN = CLAIM_RUNS.get("med_moe_lora")
-ABLATION_SPECS = {"without_base": "base", "without_specialists": "specialists"}  # -> disable_experts=
-ABLATION_DIR = "results/mechanisms/eval"
-MECHANISM_FILES = ["ablation.csv", "dual_path.csv", "routing_specialisation.csv", "subspace_overlap.csv"]
-MECHANISM_FILES += ["routing_by_depth.png", "subspace_by_depth.png"]
-MECHANISMS = [f"results/mechanisms/{name}" for name in MECHANISM_FILES] if MECHANISM_RUN else []
-
-
-def mechanism_run() -> str:
-    if not MECHANISM_RUN:
-        sys.exit("error: results/mechanisms needs a Med-MoE-LoRA run: define run med_moe_lora or set claims.runs")
-    return MECHANISM_RUN
-
-
-def get_ablation_model_args(wildcards) -> str:
-    adapter = f"results/train/{mechanism_run()}/seed{wildcards.seed}"
-    spec = ABLATION_SPECS[wildcards.ablation]
-    return f"pretrained={MODEL_DIR},dtype={config['eval']['dtype']},adapter={adapter},disable_experts={spec}"
-
-
-def get_ablation_adapter(wildcards) -> list[str]:
-    return [
-        f"results/train/{mechanism_run()}/seed{wildcards.seed}/{name}"
-        for name in ("adapter_model.safetensors", "adapter_config.json")
-    ]
-
-
+# The names and input functions are in common.smk (MECHANISM_RUN, MECHANISMS, get_ablation_*).
 rule mechanisms:
     input:
         MECHANISMS,
@@ -100,10 +74,12 @@ rule mechanisms_ablation:
         "../envs/medmoelora.yaml"
     params:
         all_experts=lambda wildcards: f"results/eval/{mechanism_run()}",
+        without_base=f"{ABLATION_DIR}/without_base",
+        without_specialists=f"{ABLATION_DIR}/without_specialists",
         seeds=seed_args(),
     shell:
         "python -m medmoelora_eval.mechanisms.ablation --all-experts {params.all_experts}"
-        " --without-base {ABLATION_DIR}/without_base --without-specialists {ABLATION_DIR}/without_specialists"
+        " --without-base {params.without_base} --without-specialists {params.without_specialists}"
         " --seeds {params.seeds} --out {output.table} --dual-path {output.dual_path} 2> {log}"
 
 
