@@ -183,7 +183,16 @@ def compute(stage: str, key: str):
 # ---- results/mechanisms (mechanisms.smk) ------------------------------------------------------------------
 MECHANISM_RUN = CLAIM_RUNS.get("med_moe_lora")
 ABLATION_SPECS = {"without_base": "base", "without_specialists": "specialists"}  # -> disable_experts=
-ABLATION_DIR = "results/mechanisms/eval"
+
+
+def ablation_dir(input, ablation: str) -> str:
+    """results/mechanisms/eval/<ablation>: the parent of that ablation's seed directories among ``input``."""
+    for path in map(Path, input):
+        if path.parent.parent.name == ablation and path.parent.name.startswith("seed"):
+            return str(path.parent.parent)
+    raise ValueError(f"no input under an ablation directory named {ablation!r}")
+
+
 MECHANISM_FILES = ["ablation.csv", "dual_path.csv", "routing_specialisation.csv", "subspace_overlap.csv"]
 MECHANISM_FILES += ["routing_by_depth.png", "subspace_by_depth.png"]
 MECHANISMS = [f"results/mechanisms/{name}" for name in MECHANISM_FILES] if MECHANISM_RUN else []

@@ -17,9 +17,9 @@ rule eval_ablation:
         samples="results/eval/samples.json",
         adapter=get_ablation_adapter,
     output:
-        expand(ABLATION_DIR + "/{{ablation}}/seed{{seed}}/{task}.json", task=EVAL_NAMES),
-        expand(ABLATION_DIR + "/{{ablation}}/seed{{seed}}/{task}.samples.jsonl", task=EVAL_NAMES),
-        full=ABLATION_DIR + "/{ablation}/seed{seed}/lm_eval_results.json",
+        expand("results/mechanisms/eval/{{ablation}}/seed{{seed}}/{task}.json", task=EVAL_NAMES),
+        expand("results/mechanisms/eval/{{ablation}}/seed{{seed}}/{task}.samples.jsonl", task=EVAL_NAMES),
+        full="results/mechanisms/eval/{ablation}/seed{seed}/lm_eval_results.json",
     log:
         "logs/eval_ablation/{ablation}/seed{seed}.log",
     benchmark:
@@ -56,7 +56,7 @@ rule mechanisms_ablation:
     input:
         eval_files([MECHANISM_RUN] if MECHANISM_RUN else [], SAMPLES),
         expand(
-            ABLATION_DIR + "/{ablation}/seed{seed}/{task}.samples.jsonl",
+            "results/mechanisms/eval/{ablation}/seed{seed}/{task}.samples.jsonl",
             ablation=ABLATION_SPECS,
             seed=SEEDS,
             task=EVAL_NAMES,
@@ -74,8 +74,9 @@ rule mechanisms_ablation:
         "../envs/medmoelora.yaml"
     params:
         all_experts=lambda wildcards: f"results/eval/{mechanism_run()}",
-        without_base=f"{ABLATION_DIR}/without_base",
-        without_specialists=f"{ABLATION_DIR}/without_specialists",
+        # the ablated evaluations' directories, from their files (results/mechanisms/eval/<ablation>/)
+        without_base=lambda wildcards, input: ablation_dir(input, "without_base"),
+        without_specialists=lambda wildcards, input: ablation_dir(input, "without_specialists"),
         seeds=seed_args(),
     shell:
         "python -m medmoelora_eval.mechanisms.ablation --all-experts {params.all_experts}"
