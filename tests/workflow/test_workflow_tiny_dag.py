@@ -252,17 +252,17 @@ def test_failed_rule_leaves_no_output_and_rerun_continues(tiny_run: Path) -> Non
 
 # ---- mutations of med_moe_lora: each must fail the golden fingerprint ------------------------------------------
 def cut_router_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every router built from now on returns detached logits: W_g gets no gradient (tau still does)."""
+    """Every router's logits are detached before the softmax, whichever path computed them (the router's own
+    GEMM or its rows in A's): W_g gets no gradient (tau still does)."""
     from medmoelora.layer import MoELoRALinear
 
-    build = MoELoRALinear.__init__
+    router_probs = MoELoRALinear.router_probs
 
-    def build_with_cut_router(self: MoELoRALinear, *args: Any, **kwargs: Any) -> None:
-        build(self, *args, **kwargs)
-        if self.router is not None:
-            self.router.register_forward_hook(lambda module, inputs, logits: logits.detach())
+    def router_probs_with_cut(self: MoELoRALinear, x: torch.Tensor, router_logits: Any = None) -> torch.Tensor:
+        logits = self.router(x.float()) if router_logits is None else router_logits
+        return router_probs(self, x, logits.detach())
 
-    monkeypatch.setattr(MoELoRALinear, "__init__", build_with_cut_router)
+    monkeypatch.setattr(MoELoRALinear, "router_probs", router_probs_with_cut)
 
 
 # mutation -> (adapter overrides, patch, the fingerprint quantities that must show it)
