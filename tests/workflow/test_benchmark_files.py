@@ -1,4 +1,4 @@
-"""Every workflow rule that runs a command records its job's time and memory in a Snakemake benchmark file under its own name."""
+"""Every workflow rule that runs a command records its time and memory in a benchmark file under its name."""
 
 from __future__ import annotations
 
