@@ -25,19 +25,21 @@ STANDARD_LIBRARY_ONLY = {"tasks_path"}
 def entry_points() -> list[str]:
     """Every medmoelora_eval module that runs as ``python -m`` and may import medmoelora."""
     found = []
-    for module in pkgutil.iter_modules(medmoelora_eval.__path__):
-        if module.name in STANDARD_LIBRARY_ONLY:
+    # subpackages too (mechanisms.ablation); the prefix makes walk_packages import them from medmoelora_eval
+    for module in pkgutil.walk_packages(medmoelora_eval.__path__, prefix="medmoelora_eval."):
+        name = module.name.removeprefix("medmoelora_eval.")
+        if name in STANDARD_LIBRARY_ONLY or module.ispkg:
             continue
-        source = Path(medmoelora_eval.__path__[0], f"{module.name}.py").read_text(encoding="utf-8")
-        if 'if __name__ == "__main__":' in source:
-            found.append(module.name)
+        source = Path(medmoelora_eval.__path__[0], *name.split(".")).with_suffix(".py")
+        if 'if __name__ == "__main__":' in source.read_text(encoding="utf-8"):
+            found.append(name)
     return found
 
 
 def test_every_entry_point_and_the_cli_use_the_shared_convention() -> None:
     names = entry_points()
     expected = {"claims", "figures", "perf_layer", "perf_model", "perf_report", "precision", "report", "results"}
-    expected |= {"stats", "tables"}
+    expected |= {"stats", "tables", "mechanisms.ablation", "mechanisms.routing", "mechanisms.subspace"}
     assert expected <= set(names)
     for name in names:
         main = importlib.import_module(f"medmoelora_eval.{name}").main
