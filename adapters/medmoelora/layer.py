@@ -89,8 +89,9 @@ class MoELoRALinear(nn.Module):
     (``base_A``, ``base_B``) so that the optimiser can give them their own learning rate.
 
     Where dropout is off, the router's rows ride along with A's: one GEMM ``x [A; W_g]^T`` gives the
-    rank slots and the router logits together. Without grad (evaluation) the concatenated weights are
-    built once and cached until a parameter changes. Where the update is the same for every token
+    rank slots and the router logits together. Where the caller has said the weights are frozen
+    (`MoELoRAModel.cache_fused_weights`, as ``--model medmoelora`` does), forwards without grad build
+    the concatenated weights once instead of every forward. Where the update is the same for every token
     (routing ``none``, or ``task`` with one task for the whole forward), `merge` folds it into W0.
     """
 
@@ -157,6 +158,10 @@ class MoELoRALinear(nn.Module):
         # the gates untouched. Set through `MoELoRAModel.disable_experts` (see `medmoelora.ablation`).
         self.expert_keep: torch.Tensor | None = None
         self.reset_stats()
+        # Off by default: a fused optimizer step (torch's AdamW(fused=True), transformers' default) updates
+        # the parameters in place without advancing their version counters, so a cache keyed by them
+        # would serve the weights of an earlier step to every no-grad forward during training.
+        self.cache_weights = False
         self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
         # Top-k runs dense (every expert's rank slots, the unchosen ones zeroed): on CPU the grouped path
         # (`grouped_top_k_update`) measured slower at every shape tried, N 4-16, k 1-2, rank 8-32 (README,
@@ -211,9 +216,10 @@ class MoELoRALinear(nn.Module):
         """The weights one forward multiplies by: A with the router's rows below it where
         ``router_in_a_gemm`` ((R + N, d_in), else (R, d_in)), and B (d_out, R).
 
-        With grad enabled they are concatenated afresh (autograd must reach every parameter). Without
-        grad (evaluation) the concatenation is cached, keyed by each parameter's version counter and
-        storage, so an optimizer step, ``load_state_dict``, ``copy_`` or ``.to()`` rebuilds it.
+        Concatenated afresh every forward, unless ``cache_weights`` is on and grad is off: then the
+        concatenation is cached, keyed by each parameter's version counter and storage, so that
+        ``load_state_dict``, ``copy_`` or ``.to()`` rebuild it. A fused optimizer step does not advance the
+        version counters, which is why the cache is for frozen weights only (`MoELoRAModel.cache_fused_weights`).
         """
         parts_A = [p for p in (self.base_A, self.lora_A) if p is not None]
         parts_B = [p for p in (self.base_B, self.lora_B) if p is not None]
@@ -221,7 +227,7 @@ class MoELoRALinear(nn.Module):
             parts_A.append(self.router.weight)  # (N, d_in)
         if len(parts_A) == 1:  # plain LoRA, Multi-LoRA: the parameters themselves, nothing to build
             return parts_A[0], parts_B[0]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or not self.cache_weights:
             return torch.cat(parts_A, dim=0), torch.cat(parts_B, dim=1)
         key = tuple(n for p in parts_A + parts_B for n in (p._version, p.data_ptr()))
         if self._weight_cache is None or self._weight_cache[0] != key:

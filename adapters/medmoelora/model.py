@@ -221,6 +221,15 @@ class MoELoRAModel(nn.Module):
         ``loss_weights`` (the config's, unless the general-skill monitor raised them)."""
         return self.loss_weights.weighted_sum(terms)
 
+    def cache_fused_weights(self, enabled: bool = True) -> None:
+        """For evaluation of frozen weights: forwards without grad reuse each layer's concatenated
+        expert (and router) weights instead of concatenating them every forward (`MoELoRALinear.
+        forward_weights`). Leave it off while anything trains the adapter: a fused optimizer step
+        changes the parameters without advancing the version counters the cache is keyed by."""
+        for layer in self.adapter_layers().values():
+            layer.cache_weights = enabled
+            layer._weight_cache = None
+
     # ------------------------------------------------------------------------------------------------
     @contextmanager
     def merged(self, expert: int | None = None) -> Iterator[None]:

@@ -85,6 +85,7 @@ class MedMoELoRALM(HFLM):
             # become MoELoRALinear on the device of the weights they wrap (so accelerate's placement holds).
             self.adapted = load_adapter(self.model, adapter)
             self.adapted.eval()  # new modules start in training mode; eval keeps no router state
+            self.adapted.cache_fused_weights()  # nothing trains here: concatenate the experts once
             # lm-eval turns a bare number into an int: str() so that the spec's own check names it.
             spec = None if disable_experts is None else str(disable_experts)
             self.disabled_experts = self.adapted.disable_experts(spec)  # decoder layer -> removed experts

@@ -102,6 +102,8 @@ def train_step(adapted: MoELoRAModel, batch: dict[str, torch.Tensor]) -> Callabl
 
 def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
     model.eval()
+    if isinstance(model, MoELoRAModel):
+        model.cache_fused_weights()  # as `--model medmoelora` evaluates
     inputs = dict(batch) if isinstance(model, MoELoRAModel) else {k: batch[k] for k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()

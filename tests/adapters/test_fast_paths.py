@@ -135,6 +135,7 @@ def test_evaluation_without_grad_equals_the_naive_loop(top_k, num_base_experts):
 
 def test_cached_weights_are_reused_and_rebuilt_after_a_parameter_changes():
     layer, _, _, _ = build("soft", num_base_experts=1)
+    layer.cache_weights = True  # what MoELoRAModel.cache_fused_weights sets
     x = torch.randn(BATCH, LENGTH, D_IN)
     with torch.no_grad():
         first = layer.forward_weights()
@@ -144,6 +145,40 @@ def test_cached_weights_are_reused_and_rebuilt_after_a_parameter_changes():
         assert rebuilt[1] is not first[1]
         cached_output = layer(x)
     torch.testing.assert_close(cached_output, layer(x), rtol=0, atol=0)  # with grad: concatenated afresh
+
+
+def test_without_the_cache_no_grad_forwards_see_every_fused_optimizer_step():
+    # A fused AdamW step (transformers' default optimizer) updates in place without advancing the version
+    # counters: a cache keyed by them served the first no-grad forward's weights to the held-out losses,
+    # the general probe and the routing statistics of every later step of a training run.
+    layer, _, _, _ = build("soft", num_base_experts=1)
+    x = torch.randn(BATCH, LENGTH, D_IN)
+    optimizer = torch.optim.AdamW(layer.adapter_params().values(), lr=0.1, fused=True)
+    with torch.no_grad():
+        layer(x)  # e.g. the held-out loss at the start
+    for _ in range(2):
+        versions = [p._version for p in layer.adapter_params().values()]
+        layer(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert [p._version for p in layer.adapter_params().values()] == versions  # the trap this guards
+        with torch.no_grad():
+            after_step = layer(x)
+        torch.testing.assert_close(after_step, layer(x).detach(), rtol=0, atol=0)  # = the concatenated afresh
+
+
+def test_cache_fused_weights_turns_the_cache_on_for_every_layer_and_off_again():
+    adapted = _adapted("med_moe_lora")
+    batch = {"input_ids": torch.randint(0, 100, (2, 6))}
+    with torch.no_grad():
+        plain = adapted(**batch).logits
+        adapted.cache_fused_weights()
+        layers = list(adapted.adapter_layers().values())
+        assert all(layer.cache_weights for layer in layers)
+        torch.testing.assert_close(adapted(**batch).logits, plain, rtol=0, atol=0)
+        assert all(layer._weight_cache is not None for layer in layers)
+        adapted.cache_fused_weights(False)
+        assert not any(layer.cache_weights or layer._weight_cache is not None for layer in layers)
 
 
 def test_router_shares_a_gemm_only_where_it_sees_the_same_input():

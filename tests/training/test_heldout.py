@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medmoelora import AdapterConfig, inject_adapter
+from medmoelora.serialization import load_adapter
 from medmoelora.tasks import TRAINING_TASKS, get_prompt
 from medmoelora.training.config import build_run_config
 from medmoelora.training.data import build_examples
@@ -59,13 +60,17 @@ def test_a_validation_split_inside_the_training_pool_is_not_used_as_held_out(pre
 def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_base_model(
     tiny_model_dir, prepared_data_dir, tmp_path
 ):
-    config = build_run_config("med_moe_lora", overrides=[*FAST, "training.max_steps=3"])
+    # The general-skill monitor's no-grad forwards in mid-run are what once left a stale weight cache.
+    config = build_run_config("med_moe_lora", overrides=[*FAST, "training.max_steps=3", "training.monitor_steps=1"])
     metrics = train(tiny_model_dir, prepared_data_dir, tmp_path, config)
     written = json.loads((tmp_path / "train_metrics.json").read_text())["heldout"]
     assert written == metrics["heldout"] and set(written) == set(TASKS)
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # The end is the saved adapter's loss, as a fresh process would measure it (a stale weight cache
+    # once gave the losses of an earlier step here).
+    trained = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tmp_path).eval()
     for task, entry in written.items():
         assert math.isfinite(entry["loss_start"]) and math.isfinite(entry["loss_end"]) and entry["tokens"] > 0
         assert entry["loss_end"] != entry["loss_start"], task  # the adapter changed the model
@@ -78,6 +83,8 @@ def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_bas
         )
         base = mean_token_nll(base_model, examples, config.training.batch_size)
         assert entry["loss_start"] == base["loss"] and entry["tokens"] == base["tokens"], task
+        end = mean_token_nll(trained, examples, config.training.batch_size)["loss"]
+        assert entry["loss_end"] == pytest.approx(end, rel=1e-5, abs=1e-6), task
         if task != GENERATION:
             choices = [
                 choice_token_ids(tokenizer, record) for record in held_out_set(prepared_data_dir, task, 32).records
