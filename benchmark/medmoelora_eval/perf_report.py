@@ -2,7 +2,8 @@
 
     python -m medmoelora_eval.perf_report --layer results/perf/layer.csv --model results/perf/model.csv \
         --lm-eval results/perf/lm_eval.csv --top-k results/perf/top_k.csv --out results/perf.csv \
-        --figure results/figures/perf.png --targets results/perf/targets.csv [--readme README.md]
+        --figure results/figures/perf.png --targets results/perf/targets.csv \
+        [--table1-wall results/perf/table1_wall.csv] [--readme README.md]
 
 ``--readme`` rewrites the README's table of targets (between its ``perf-targets`` markers) from the
 measured targets, so that the published figures are the ones this run measured.
@@ -37,12 +38,20 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("med_moe_lora training step / lora's", "train:med_moe_lora", "<=", 1.2),
     ("fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "layer:whole", ">=", 2.0),
     ("fused vs loop at N = 8, adapter path alone (speed-up)", "layer:adapter", ">=", 2.0),
+    ("make table1 wall time after / before the performance work, table1.csv unchanged", "dag:table1", "<=", 0.5),
+    ("top-k: dense / grouped path, fwd + bwd, best shape measured (> 1: a crossover exists)", "top_k:best", "", None),
     ("--model hf request phase / plain forward of its batches (the machine's limit)", "floor:hf", "", None),
     ("med_moe_lora request phase / plain forward of the base model's batches", "floor:med_moe_lora", "", None),
 )
 
 
-def measured_values(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame) -> dict[str, float]:
+def measured_values(
+    layer: pd.DataFrame,
+    model: pd.DataFrame,
+    lm_eval: pd.DataFrame,
+    table1_wall: pd.DataFrame | None = None,
+    top_k: pd.DataFrame | None = None,
+) -> dict[str, float]:
     at_eight = layer[layer.num_experts == 8]
     by_method, by_path = model.set_index("method"), lm_eval.set_index("path")
     values = {
@@ -55,19 +64,38 @@ def measured_values(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFr
     for path in by_path.index:
         values[f"lm:{path}"] = by_path.loc[path, "throughput_over_hf"]
         values[f"floor:{path}"] = by_path.loc[path, "throughput_over_floor"]
+    if top_k is not None:
+        values["top_k:best"] = top_k.dense_over_grouped_train.max()
+    if table1_wall is not None:
+        # perf_table1: a faster table 1 counts only with the same table (same seeds, same documents)
+        (wall,) = table1_wall.itertuples()
+        values["dag:table1"] = wall.after_over_before
+        values["dag:table1:unchanged"] = bool(wall.table1_unchanged)
     return values
 
 
-def summarize(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame) -> pd.DataFrame:
-    """One row per target: the measured ratio, the bound, and whether it is met ('' for a reported figure)."""
-    measured = measured_values(layer, model, lm_eval)
+def summarize(
+    layer: pd.DataFrame,
+    model: pd.DataFrame,
+    lm_eval: pd.DataFrame,
+    table1_wall: pd.DataFrame | None = None,
+    top_k: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per target: the measured ratio, the bound, and whether it is met ('' for a reported figure).
+
+    Without ``table1_wall`` (perf_table1's CSV) or ``top_k`` (perf_layer's) their rows are left out.
+    """
+    measured = measured_values(layer, model, lm_eval, table1_wall, top_k)
     rows = []
     for what, key, comparison, bound in TARGETS:
+        if key not in measured:
+            continue
         value = float(measured[key])
         if bound is None:
             rows.append({"target": what, "measured": round(value, 3), "bound": "", "met": ""})
             continue
         met = value >= bound if comparison == ">=" else value <= bound
+        met = met and measured.get(f"{key}:unchanged", True)
         rows.append({"target": what, "measured": round(value, 3), "bound": f"{comparison} {bound}", "met": met})
     return pd.DataFrame(rows)
 
@@ -118,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="results/perf.csv: every measured row")
     parser.add_argument("--figure", type=Path, required=True)
     parser.add_argument("--targets", type=Path, help="CSV of the targets, measured against their bounds")
+    parser.add_argument("--table1-wall", type=Path, help="perf_table1's CSV: make table1 before / after")
     parser.add_argument("--readme", type=Path, help="a README whose perf-targets table to rewrite from the targets")
     args = parser.parse_args(argv)
     for path in (args.layer, args.model, args.lm_eval):
@@ -125,13 +154,21 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{path} not found; run python -m medmoelora_eval.perf_layer / perf_model first")
     layer, model, lm_eval = pd.read_csv(args.layer), pd.read_csv(args.model), pd.read_csv(args.lm_eval)
     parts = [layer.assign(benchmark="layer"), model.assign(benchmark="model"), lm_eval.assign(benchmark="lm_eval")]
+    top_k = None
     if args.top_k:
         if not args.top_k.is_file():
             raise UserError(f"{args.top_k} not found; run python -m medmoelora_eval.perf_layer --top-k-out first")
-        parts.append(pd.read_csv(args.top_k).assign(benchmark="top_k"))
+        top_k = pd.read_csv(args.top_k)
+        parts.append(top_k.assign(benchmark="top_k"))
+    table1_wall = None
+    if args.table1_wall:
+        if not args.table1_wall.is_file():
+            raise UserError(f"{args.table1_wall} not found; run python -m medmoelora_eval.perf_table1 first")
+        table1_wall = pd.read_csv(args.table1_wall)
+        parts.append(table1_wall.assign(benchmark="table1_wall"))
     atomic.write_text(args.out, pd.concat(parts, ignore_index=True).to_csv(index=False, float_format="%.4f"))
     figure(layer, model, lm_eval, args.figure)
-    targets = summarize(layer, model, lm_eval)
+    targets = summarize(layer, model, lm_eval, table1_wall, top_k)
     if args.readme:
         atomic.write_text(args.readme, readme_with_targets(args.readme.read_text(encoding="utf-8"), targets))
     if args.targets:

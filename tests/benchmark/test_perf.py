@@ -94,6 +94,24 @@ def test_report_checks_each_target(changes, missed):
     )
 
 
+TABLE1_TARGET = "make table1 wall time after / before the performance work, table1.csv unchanged"
+
+
+@pytest.mark.parametrize(
+    ("after_over_before", "unchanged", "met"),
+    [(0.45, True, True), (0.8, True, False), (0.45, False, False)],  # faster only counts with the same table
+)
+def test_table1_wall_time_target_needs_half_the_time_and_the_same_table(after_over_before, unchanged, met):
+    wall = pd.DataFrame([{"after_over_before": after_over_before, "table1_unchanged": unchanged}])
+    top_k = pd.DataFrame({"dense_over_grouped_train": [0.4, 0.7, 0.55]})
+    targets = perf_report.summarize(*ratios(), table1_wall=wall, top_k=top_k).set_index("target")
+    assert targets.loc[TABLE1_TARGET, "measured"] == after_over_before
+    assert targets.loc[TABLE1_TARGET, "met"] == met
+    best = "top-k: dense / grouped path, fwd + bwd, best shape measured (> 1: a crossover exists)"
+    assert targets.loc[best, "measured"] == 0.7 and targets.loc[best, "bound"] == ""
+    assert TABLE1_TARGET not in perf_report.summarize(*ratios()).target.values  # not measured: no row
+
+
 def test_readme_table_is_rewritten_between_its_markers():
     targets = perf_report.summarize(*ratios(train=1.25))
     readme = f"# T\n\nbefore\n{perf_report.START}\nold table\n{perf_report.END}\nafter\n"

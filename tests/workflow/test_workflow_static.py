@@ -47,6 +47,18 @@ def test_dry_run_plans_every_output(workdir: Path, raw_dir: Path, configfile: st
     assert re.search(rf"^eval\s+{trained + 1}$", result.stdout, re.M), result.stdout
 
 
+def test_make_perf_plans_table1_before_and_after_on_its_fixed_config(workdir: Path, raw_dir: Path) -> None:
+    result = snakemake(workdir, "-n", "-p", "--cores", "2", "results/perf.csv", raw_data=raw_dir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "rule perf_table1:" in result.stdout
+    assert "perf_table1 --before 3abc728 --after HEAD --config config/perf_table1.yaml --cores 2" in result.stdout
+    assert "--table1-wall results/perf/table1_wall.csv" in result.stdout
+    # the fixed config's table 1: its three runs (config.yaml's other runs are defined but not trained)
+    table1 = snakemake(workdir, "-n", "results/table1.csv", "--configfile", "config/perf_table1.yaml", raw_data=raw_dir)
+    assert table1.returncode == 0, table1.stderr + table1.stdout
+    assert re.search(r"^train\s+3$", table1.stdout, re.M) and re.search(r"^eval\s+4$", table1.stdout, re.M)
+
+
 def test_paper_config_trains_with_accelerate_on_gpus(workdir: Path, raw_dir: Path) -> None:
     result = snakemake(
         workdir, "-n", "-p", "results/train/med_moe_lora/seed0/train_metrics.json", "--configfile", CONFIGS[2]

@@ -35,12 +35,35 @@ rule perf_model:
         " --lm-eval-out {output.lm_eval} > {log} 2>&1"
 
 
+# make table1 before and after the performance work: both revisions from git, one after the other, on the
+# fixed config/perf_table1.yaml (about 25 minutes on 2 CPU cores). 3abc728 is main just before the merge
+# of the performance work (e4ce9a5: exact merge, cached weights, router rows in A's GEMM).
+rule perf_table1:
+    input:
+        config="config/perf_table1.yaml",
+    output:
+        "results/perf/table1_wall.csv",
+    log:
+        "logs/perf_table1/perf_table1.log",
+    benchmark:
+        "results/benchmarks/perf_table1/perf_table1.tsv"
+    conda:
+        "../envs/medmoelora.yaml"
+    threads: compute("train", "threads")
+    params:
+        before="3abc728",
+    shell:
+        "python -m medmoelora_eval.perf_table1 --before {params.before} --after HEAD --config {input.config}"
+        " --cores {threads} --out {output} --logs logs/perf_table1 > {log} 2>&1"
+
+
 rule perf:
     input:
         layer="results/perf/layer.csv",
         top_k="results/perf/top_k.csv",
         model="results/perf/model.csv",
         lm_eval="results/perf/lm_eval.csv",
+        table1_wall="results/perf/table1_wall.csv",
     output:
         csv="results/perf.csv",
         figure="results/figures/perf.png",
@@ -53,5 +76,5 @@ rule perf:
         "../envs/medmoelora.yaml"
     shell:
         "python -m medmoelora_eval.perf_report --layer {input.layer} --model {input.model}"
-        " --lm-eval {input.lm_eval} --top-k {input.top_k} --out {output.csv}"
+        " --lm-eval {input.lm_eval} --top-k {input.top_k} --table1-wall {input.table1_wall} --out {output.csv}"
         " --figure {output.figure} --targets {output.targets} > {log} 2>&1"
