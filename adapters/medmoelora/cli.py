@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "medmoelora.commands.count_params",
     "medmoelora.commands.prepare_data",
     "medmoelora.commands.train",
+    "medmoelora.commands.heldout_start",
 )
 
 

@@ -29,6 +29,7 @@ STAGES = {
     "prepare_data": "data",
     "eval_samples": "data",
     "materialize_model": "model",
+    "heldout_start": "training",  # the held-out losses at the start, measured once for every training job
     "train": "training",
     "eval": "evaluation",
     "eval_ablation": "evaluation",  # results/mechanisms: the same lm-eval command, experts removed

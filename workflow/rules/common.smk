@@ -33,6 +33,7 @@ except UserError as error:
 RAW_DATA_ENV = "MEDMOE_RAW_DATA"  # overrides config key raw_data_dir when set
 DATA_DIR = "data/processed"
 MODEL_DIR = f"resources/models/{config['model']['name']}"
+HELDOUT_START = "results/train/heldout_start.json"  # the base model's held-out losses, shared by every run
 BASE_RUN = "base"  # the untouched base model, evaluated with lm_eval's stock `--model hf`
 EVAL_NAMES = list(EVAL_TASKS)  # results/eval/<run>/<task>.json, every score of the task registry
 LM_EVAL_TASKS = ",".join(task.lm_eval_task for task in RUN_TASKS)  # what one lm_eval call runs
@@ -143,10 +144,16 @@ def get_train_overrides(wildcards) -> str:
     """The run's `--set section.key=value` options: config training (shared), then the run's own, and
     the seed of this job."""
     run = RUNS[wildcards.run]
-    sections = {
-        "adapter": {**config.get("adapter", {}), **run.get("adapter", {})},
-        "training": {**config["training"], **run.get("training", {}), "seed": int(wildcards.seed)},
-    }
+    return set_args(
+        {
+            "adapter": {**config.get("adapter", {}), **run.get("adapter", {})},
+            "training": {**config["training"], **run.get("training", {}), "seed": int(wildcards.seed)},
+        }
+    )
+
+
+def set_args(sections) -> str:
+    """`--set section.key=value` options, each value in JSON (which YAML reads back unchanged)."""
     return " ".join(
         f"--set {shlex.quote(f'{section}.{key}={json.dumps(value)}')}"
         for section, values in sections.items()

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one setting, value in YAML (e.g. --set training.max_steps=10 --set adapter.top_k=2)",
     )
+    parser.add_argument(
+        "--heldout-start",
+        metavar="FILE",
+        help="held-out losses at the start, from `medmoelora heldout-start` (the same for every run on this "
+        "base model); used when measured for this model and these held-out examples, else measured here",
+    )
     rerun = parser.add_mutually_exclusive_group()
     rerun.add_argument(
         "--resume",
@@ -75,10 +81,13 @@ def read_config_file(path: str | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     from medmoelora.base_models import check_model_dir
     from medmoelora.training.config import build_run_config
+    from medmoelora.training.heldout import load_start_file
     from medmoelora.training.resume import AlreadyFinished, is_main_process
     from medmoelora.training.run import train
 
     config = build_run_config(args.method, read_config_file(args.config), args.overrides)
+    if args.heldout_start is not None:
+        load_start_file(args.heldout_start)  # a bad file fails now, before the model is loaded
     check_model_dir(Path(args.model), "--model ")  # unreadable model files fail now, in one line naming the file
     try:
         metrics = train(
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             resume_if_possible=args.resume_if_possible,
+            heldout_start=args.heldout_start,
         )
     except AlreadyFinished as finished:
         if is_main_process():  # once, not once per process of an `accelerate launch`

@@ -16,10 +16,19 @@ multiple-choice tasks also get what lm-eval's accuracy sees: the loss and accura
 among the options. Everything is measured at the start and at the end of a run; the start is the model
 with its adapters disabled, which is exactly the model at step 0 (every expert starts as a zero update,
 B = 0) and stays the base model on a resumed run.
+
+The start is therefore the same for every run that shares the base model and the held-out examples:
+`medmoelora heldout-start` measures it once on the plain base model and writes it to a file that
+``medmoelora train --heldout-start FILE`` reads instead of measuring it again (the workflow's
+``heldout_start`` rule). The file names what the measurement depended on (`start_key`: the base
+model's digest, dtype and device kind; a digest of every held-out example's tokens, labels and answer
+options, and the batch size); a run whose key differs measures its own start and says why.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from medmoelora.config import DOMAINS, AdapterConfig
+from medmoelora.errors import UserError
 from medmoelora.model import MoELoRAModel
 from medmoelora.tasks import get_prompt
 from medmoelora.training.data import (
@@ -42,6 +52,7 @@ from medmoelora.training.data import (
 )
 
 HELDOUT_SEED = "heldout"  # fixed: the same held-out records for every method, seed and config
+START_FORMAT = "medmoelora-heldout-start/1"  # the `format` field of a held-out start file
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,17 @@ class HeldOutEvaluator:
         with adapted.disable_adapters():
             self.start = self.evaluate(adapted)
 
+    def examples_digest(self) -> str:
+        """sha256 of what the losses depend on besides the model: the batch size and, per task, every
+        example's tokens and labels and its answer options. Not the task ids: the start runs the base
+        model, which routes nothing."""
+        digest = hashlib.sha256(f"batch_size={self.batch_size}\n".encode())
+        for task, examples in self.examples.items():
+            options = self.choices.get(task) or [None] * len(examples)
+            for example, choices in zip(examples, options, strict=True):
+                digest.update(json.dumps([task, example.input_ids, example.labels, choices]).encode() + b"\n")
+        return digest.hexdigest()[:16]
+
     def report(self, adapted: MoELoRAModel) -> dict[str, dict[str, Any]]:
         """Per task: source, examples, answer tokens, the loss at start and end and its change; for
         multiple-choice tasks also the choice loss and accuracy (what lm-eval scores) at start and end."""
@@ -215,6 +237,55 @@ class HeldOutEvaluator:
             entry["loss_change"] = entry["loss_end"] - entry["loss_start"]
             report[task] = entry
         return report
+
+
+def start_key(evaluator: HeldOutEvaluator, model_digest: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """What a start measurement depends on; two runs with equal keys measure equal start losses (the
+    device kind is part of it: kernels of another device round differently)."""
+    return {
+        "model": model_digest,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": torch.device(device).type,
+        "examples": evaluator.examples_digest(),
+    }
+
+
+def start_record(evaluator: HeldOutEvaluator, key: dict) -> dict[str, Any]:
+    """The content of a held-out start file: its format, its key and the start losses per task."""
+    return {"format": START_FORMAT, "key": key, "start": evaluator.start}
+
+
+def load_start_file(path: str | Path) -> dict[str, Any]:
+    """A held-out start file's content; a file that is not one raises a one-line `UserError` naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--heldout-start {path} not found; write it with `medmoelora heldout-start`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"--heldout-start {path} is not JSON; write it again with `medmoelora heldout-start`") from None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != START_FORMAT
+        or not isinstance(record.get("start"), dict)
+    ):
+        raise UserError(
+            f"--heldout-start {path} is not a held-out start file ({START_FORMAT}); "
+            "write it with `medmoelora heldout-start`"
+        )
+    return record
+
+
+def read_start(path: str | Path, key: dict) -> tuple[dict[str, dict[str, float]] | None, str]:
+    """The start losses in the held-out start file ``path`` when its key is ``key``, else (None, why)."""
+    record = load_start_file(path)
+    recorded = record.get("key") or {}
+    differs = [
+        f"{name} {recorded.get(name)!r}, not {value!r}" for name, value in key.items() if recorded.get(name) != value
+    ]
+    if differs:
+        return None, f"{path} was measured for other settings ({'; '.join(differs)})"
+    return record["start"], ""
 
 
 def build_heldout(

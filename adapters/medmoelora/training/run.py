@@ -49,7 +49,7 @@ from medmoelora.serialization import save_adapter
 from medmoelora.training.checkpoints import CHECKPOINTS, TRAIN_CONFIG, TRAIN_LOG, complete_checkpoints, step_of
 from medmoelora.training.config import RunConfig, to_dict
 from medmoelora.training.data import Collator, Example, ExampleDataset, build_examples
-from medmoelora.training.heldout import HeldOutEvaluator, build_heldout
+from medmoelora.training.heldout import HeldOutEvaluator, build_heldout, read_start, start_key
 from medmoelora.training.lock import output_lock
 from medmoelora.training.monitor import GeneralSkillMonitor, build_monitor, load_probe
 from medmoelora.training.resume import (
@@ -61,6 +61,7 @@ from medmoelora.training.resume import (
     normalised,
     plan_run,
     prepare,
+    say,
 )
 from medmoelora.training.trainer import CsvLogger, MoELoRATrainer, RoutingTracker
 
@@ -74,20 +75,31 @@ def train(
     overwrite: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
     resume_if_possible: bool = False,
+    heldout_start: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train one method and write its outputs into ``out``; returns train_metrics.
+    """Train one method and write its outputs into ``out``; returns train_metrics. ``heldout_start``: a
+    file of `medmoelora heldout-start` with the held-out losses at the start (the base model's), used
+    when it was measured for this model and these held-out examples, else measured here.
 
     Raises `medmoelora.training.resume.AlreadyFinished` when resuming a run that has nothing left to do.
     """
     out = Path(out)
-    _check_paths(Path(model_dir), Path(data_dir))
+    check_paths(Path(model_dir), Path(data_dir))
     main = is_main_process()  # under `accelerate launch` every process runs this; the first owns --out
     try:
         created = _make_output_dir(out)
         with output_lock(out) if main else contextlib.nullcontext():
             try:
                 return _plan_and_train(
-                    Path(model_dir), Path(data_dir), out, config, resume, overwrite, resume_if_possible, callbacks
+                    Path(model_dir),
+                    Path(data_dir),
+                    out,
+                    config,
+                    resume,
+                    overwrite,
+                    resume_if_possible,
+                    callbacks,
+                    Path(heldout_start) if heldout_start is not None else None,
                 )
             except BaseException:
                 if main and created is not None and not complete_checkpoints(out / CHECKPOINTS):
@@ -106,13 +118,14 @@ def _plan_and_train(
     overwrite: bool,
     resume_if_possible: bool,
     callbacks: Sequence[TrainerCallback],
+    heldout_start: Path | None,
 ) -> dict[str, Any]:
     run_config = normalised({**to_dict(config), "inputs": input_digests(model_dir, data_dir, config.training.tasks)})
     plan = plan_run(out, run_config, resume, overwrite, resume_if_possible)  # changes nothing yet
     training = config.training
     probe = load_probe(data_dir, training)
     set_seed(training.seed)
-    bf16 = _use_bf16(training.precision)
+    bf16 = use_bf16(training.precision)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -136,7 +149,21 @@ def _plan_and_train(
     callbacks = [*callbacks, *([monitor] if monitor else [])]
     if is_main_process():
         prepare(out, plan)  # only now, with model and data loaded, is --out cleared or rewound
-    return _train_and_write(adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks, heldout)
+    return _train_and_write(
+        adapted, examples, tokenizer, out, config, bf16, plan, run_config, callbacks, heldout, heldout_start
+    )
+
+
+def _start_from_file(heldout: HeldOutEvaluator, path: Path, model_digest: str, adapted: MoELoRAModel) -> bool:
+    """Sets ``heldout.start`` from a `medmoelora heldout-start` file measured for this model, dtype, device
+    and these held-out examples; otherwise says why and returns False (the run measures its own)."""
+    parameter = next(adapted.parameters())
+    start, why = read_start(path, start_key(heldout, model_digest, parameter.dtype, parameter.device))
+    if start is None:
+        say(f"{why}: measuring the held-out start in this run")
+        return False
+    heldout.start = start
+    return True
 
 
 def _train_and_write(
@@ -150,6 +177,7 @@ def _train_and_write(
     run_config: dict[str, Any],
     callbacks: Sequence[TrainerCallback],
     heldout: HeldOutEvaluator,
+    heldout_start: Path | None,
 ) -> dict[str, Any]:
     training = config.training
     # What trained this run: its settings and input digests, and each resume that changed a setting.
@@ -170,7 +198,9 @@ def _train_and_write(
         on_checkpoint=add_run_files,
         loss_averaging=training.loss_averaging,
     )
-    heldout.measure_start(adapted)
+    model_digest = run_config["inputs"]["model"]
+    if heldout.examples and not (heldout_start and _start_from_file(heldout, heldout_start, model_digest, adapted)):
+        heldout.measure_start(adapted)  # the base model: every expert starts at B = 0
 
     tokens_before = trainer.state.num_input_tokens_seen
     started = time.perf_counter()
@@ -258,7 +288,7 @@ def _os_error_message(error: OSError, out: Path) -> str:
     return f"{culprit}: {reason}"
 
 
-def _check_paths(model_dir: Path, data_dir: Path) -> None:
+def check_paths(model_dir: Path, data_dir: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise UserError(
             f"--model {model_dir} is not a transformers model directory (no config.json); "
@@ -268,7 +298,7 @@ def _check_paths(model_dir: Path, data_dir: Path) -> None:
         raise UserError(f"--data {data_dir} does not exist; run `medmoelora prepare-data --out {data_dir}` first")
 
 
-def _use_bf16(precision: str) -> bool:
+def use_bf16(precision: str) -> bool:
     if precision == "auto":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if precision == "bf16" and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
