@@ -36,7 +36,7 @@ rule perf_model:
 
 
 # make table1 before and after the performance work: both revisions from git, one after the other, on the
-# fixed config/perf_table1.yaml (about 25 minutes on 2 CPU cores). 3abc728 is main just before the merge
+# fixed config/perf_table1.yaml (17 minutes on 2 idle CPU cores). 3abc728 is main just before the merge
 # of the performance work (e4ce9a5: exact merge, cached weights, router rows in A's GEMM).
 rule perf_table1:
     input:
