@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,7 +29,7 @@ class RoutingContext:
     task_ids: torch.Tensor | None = None  # (B,) long: index into AdapterConfig.task_names
     domain_labels: torch.Tensor | None = None  # (B,) long: 0 general, 1 medical
     token_mask: torch.Tensor | None = None  # (B, T) bool: real tokens (not padding)
-    keep_router_probs: bool = False  # keep each layer's router probabilities for the aux losses
+    keep_router_probs: bool = False  # keep each forward's router probabilities, per layer, for the aux losses
     track_stats: bool = False  # accumulate routing statistics (mean gate, top-1 share)
     recomputing: bool = False  # a checkpointed forward re-run in backward: no bookkeeping
 
@@ -153,7 +153,9 @@ class MoELoRALinear(nn.Module):
             self.router = None
             self.log_temperature = None
         self.reset_parameters()
-        self.last_router_probs: torch.Tensor | None = None
+        # Router probabilities of each forward since the model last freed them (`MoELoRAModel.routing`): one
+        # for a batch, one per sequence where a step runs its sequences one by one (`forward_unpadded`).
+        self.kept_router_probs: list[torch.Tensor] = []
         # Expert ablation (evaluation only): (N,) 1 = kept, 0 = removed; None keeps every expert and leaves
         # the gates untouched. Set through `MoELoRAModel.disable_experts` (see `medmoelora.ablation`).
         self.expert_keep: torch.Tensor | None = None
@@ -163,10 +165,9 @@ class MoELoRALinear(nn.Module):
         # would serve the weights of an earlier step to every no-grad forward during training.
         self.cache_weights = False
         self._weight_cache: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
-        # Top-k runs dense (every expert's rank slots, the unchosen ones zeroed): on CPU the grouped path
-        # (`grouped_top_k_update`) measured slower at every shape tried, N 4-16, k 1-2, rank 8-32 (README,
-        # Performance). `use_grouped_top_k(True)` selects it by hand, for a machine where it pays.
-        self.use_grouped_top_k(False)
+        # Top-k: the dense path (every expert's rank slots, the unchosen ones zeroed) or the grouped one
+        # (`grouped_top_k_update`), per shape and device by `grouped_top_k_pays` unless chosen by hand.
+        self.use_grouped_top_k(None)
         self.merged_expert: int | None = None  # the expert folded into W0 by `merge`, None when unmerged
         self._unmerged_weight: torch.Tensor | None = None  # W0's own storage while merged (restored as is)
 
@@ -201,16 +202,28 @@ class MoELoRALinear(nn.Module):
             return self.lora_A, self.lora_B
         return torch.cat([self.base_A, self.lora_A], dim=0), torch.cat([self.base_B, self.lora_B], dim=1)
 
-    def use_grouped_top_k(self, grouped: bool) -> None:
-        """Top-k on the grouped path (True) or the dense one; the router then leaves or joins A's GEMM, which
-        it shares where both see the same input in the same dtype (no dropout on A's) and A's GEMM is dense."""
+    def use_grouped_top_k(self, grouped: bool | None) -> None:
+        """Top-k on the grouped path (True), the dense one (False), or whichever `grouped_top_k_pays` says is
+        faster for this layer's shape on its device (None, the default; chosen again when the layer moves).
+        The router then leaves or joins A's GEMM, which it shares where both see the same input in the same
+        dtype (no dropout on A's) and A's GEMM is dense."""
         if grouped and self.top_k is None:
             raise UserError("the grouped path computes top-k routing; this layer has no top_k")
+        self.grouped_top_k_setting = grouped
+        if grouped is None:
+            grouped = grouped_top_k_pays(self.ranks, self.top_k, self.lora_A.device)
         self.grouped_top_k = grouped
         dropout_off = isinstance(self.dropout, nn.Identity)
         same_dtype = self.lora_A.dtype == torch.float32  # the router's
         self.router_in_a_gemm = self.router is not None and dropout_off and same_dtype and not grouped
         self._weight_cache = None
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MoELoRALinear:
+        """``.to()``, ``.cuda()``, ...: then the top-k path is chosen again for the new device, unless set by hand."""
+        module = super()._apply(fn, recurse)
+        if getattr(self, "grouped_top_k_setting", False) is None:
+            self.use_grouped_top_k(None)
+        return module
 
     def forward_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights one forward multiplies by: A with the router's rows below it where
@@ -332,7 +345,7 @@ class MoELoRALinear(nn.Module):
             probs = self.router_probs(x, router_logits)  # (B, T, N), fp32
             gates = probs if self.top_k is None else _keep_top_k(probs, self.top_k)
             if self.context.keep_router_probs and not self.context.is_recomputation:
-                self.last_router_probs = probs
+                self.kept_router_probs.append(probs)
         if self.context.track_stats and not self.context.is_recomputation:
             self._accumulate_stats(gates.expand(*x.shape[:-1], self.num_experts))
         return gates
@@ -390,6 +403,22 @@ class MoELoRALinear(nn.Module):
             f"experts={self.num_experts}, ranks={self.ranks}, routing={self.routing}, top_k={self.top_k}, "
             f"base_experts={self.num_base_experts}"
         )
+
+
+# Where the grouped top-k path is faster than the dense one: on a CPU, once the rank slots that dense top-k
+# computes and then zeroes, (N - k) x mean rank, reach this many. Measured on 2 idle cores
+# (results/perf/top_k.csv, make perf; 576 -> 1536, 2048 tokens, forward + backward, dense / grouped): 1.32x at
+# N = 8, k = 1, rank 32 (224 slots), 1.57x and 1.42x at N = 16, rank 32 (480, 448); 0.99x at N = 8, k = 2,
+# rank 32 (192), 0.76-1.01x at every shape below. On a GPU it was not measured, so dense stays there.
+GROUPED_TOP_K_MIN_SKIPPED_SLOTS = 200
+
+
+def grouped_top_k_pays(ranks: list[int], top_k: int | None, device: torch.device) -> bool:
+    """True where the grouped top-k path measured faster than the dense one (see the constant above)."""
+    if top_k is None or torch.device(device).type != "cpu":
+        return False
+    skipped_slots = (len(ranks) - top_k) * sum(ranks) / len(ranks)  # (N - k) x mean rank
+    return skipped_slots >= GROUPED_TOP_K_MIN_SKIPPED_SLOTS
 
 
 def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:

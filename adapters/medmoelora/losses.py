@@ -23,7 +23,7 @@ with the number of layers or target modules and the weights (lambda) carry over 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,31 +84,41 @@ def base_l2_loss(layer: MoELoRALinear) -> torch.Tensor:
 
 def aux_losses(
     layers: Iterable[MoELoRALinear],
-    token_mask: torch.Tensor | None,
-    domain_labels: torch.Tensor | None,
+    token_masks: Sequence[torch.Tensor | None],
+    domain_labels: Sequence[torch.Tensor | None],
     delta: float,
 ) -> dict[str, torch.Tensor]:
-    """Every aux loss, averaged over router sites (see module doc). Needs the router probabilities
-    that the last forward kept (``RoutingContext.keep_router_probs``).
+    """Every aux loss, averaged over router sites (see module doc), over the real tokens of the forwards
+    whose router probabilities the layers kept (``RoutingContext.keep_router_probs``): one forward of a
+    batch, or one per sequence (`MoELoRAModel.forward_unpadded`); the tokens of all of them are pooled,
+    in order, so the losses are those of the whole batch either way.
 
-    token_mask: (B, T) bool or None; domain_labels: (B,) long or None (then no preservation loss).
+    Per forward: token_masks[f] (B, T) bool or None (every token real); domain_labels[f] (B,) long or None
+    (then no preservation loss).
     """
     balance, preservation, base_l2 = [], [], []
+    with_domains = all(domains is not None for domains in domain_labels)
     for layer in layers:
         if layer.base_B is not None:
             base_l2.append(base_l2_loss(layer))
-        probs = layer.last_router_probs  # (B, T, N)
-        if probs is None or layer.num_experts < 2:
+        if not layer.kept_router_probs or layer.num_experts < 2:
             continue
-        batch, length, num_experts = probs.shape
-        flat = probs.reshape(-1, num_experts)  # (B*T, N)
-        keep = torch.ones(batch * length, dtype=torch.bool, device=probs.device)
-        if token_mask is not None and token_mask.numel() == batch * length:  # not during cached decoding
-            keep = token_mask.reshape(-1).to(device=probs.device, dtype=torch.bool)
-        balance.append(switch_balance_loss(flat[keep]))
-        if domain_labels is not None and layer.num_base_experts > 0:
-            token_domains = domain_labels.to(probs.device).view(batch, 1).expand(batch, length).reshape(-1)
-            preservation.append(preservation_loss(flat[keep], token_domains[keep], layer.num_base_experts, delta))
+        kept, kept_domains = [], []
+        # strict: a forward without its mask and labels (or one kept twice) is an error, not a silent mix-up
+        for probs, mask, domains in zip(layer.kept_router_probs, token_masks, domain_labels, strict=True):
+            batch, length, num_experts = probs.shape  # (B, T, N)
+            keep = torch.ones(batch * length, dtype=torch.bool, device=probs.device)
+            if mask is not None and mask.numel() == batch * length:  # not during cached decoding
+                keep = mask.reshape(-1).to(device=probs.device, dtype=torch.bool)
+            kept.append(probs.reshape(-1, num_experts)[keep])  # (real tokens, N)
+            if with_domains:
+                token_domains = domains.to(probs.device).view(batch, 1).expand(batch, length).reshape(-1)  # (B*T,)
+                kept_domains.append(token_domains[keep])
+        flat = kept[0] if len(kept) == 1 else torch.cat(kept)  # (tokens, N)
+        balance.append(switch_balance_loss(flat))
+        if with_domains and layer.num_base_experts > 0:
+            domains = kept_domains[0] if len(kept_domains) == 1 else torch.cat(kept_domains)  # (tokens,)
+            preservation.append(preservation_loss(flat, domains, layer.num_base_experts, delta))
     return {
         "balance": _mean(balance),
         "preservation": _mean(preservation),

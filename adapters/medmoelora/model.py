@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -123,12 +123,52 @@ class MoELoRAModel(nn.Module):
             output = self.model(*args, **kwargs)
             if not (self.training and self._has_aux_losses()):
                 return output
-            terms = self.aux_loss_terms(token_mask=mask, domain_labels=domain_labels)
+            terms = self.aux_loss_terms([mask], [domain_labels])
         output["aux_losses"] = terms
         if output.get("loss") is not None:
             output["lm_loss"] = output["loss"]
             output["loss"] = output["loss"] + self.weighted_aux_loss(terms)
         return output
+
+    def forward_unpadded(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_at: Sequence[torch.Tensor],
+        task_ids: torch.Tensor | None = None,
+        domain_labels: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor] | None]:
+        """A right-padded batch, one sequence at a time on its real tokens only: the padded forward's math
+        (padding is masked out of attention and of every loss) for the cost of the real tokens, and logits
+        only where they are asked for (the LM head over a 49k vocabulary is a fifth of a small model's
+        forward; a multiple-choice answer needs it at one position).
+
+        input_ids, attention_mask: (B, T), right-padded; logits_at[b]: (n_b,) positions of row b whose
+        logits to compute; task_ids, domain_labels: (B,) or None. Returns each row's logits (n_b, V) and,
+        in training with aux losses on, the aux loss terms over every row's tokens pooled as one batch
+        (else None).
+        """
+        lengths = attention_mask.sum(1)  # (B,)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+        if not bool((attention_mask.bool() == (positions < lengths[:, None])).all()):
+            raise UserError("forward_unpadded takes right-padded batches (each row's real tokens first)")
+        logits: list[torch.Tensor] = []
+        try:
+            for row, length in enumerate(lengths.tolist()):
+                with self.routing(
+                    task_ids=None if task_ids is None else task_ids[row : row + 1],
+                    domain_labels=None if domain_labels is None else domain_labels[row : row + 1],
+                    free_router_probs=False,  # pooled over the rows below
+                ):
+                    output = self.model(input_ids=input_ids[row : row + 1, :length], logits_to_keep=logits_at[row])
+                logits.append(output.logits[0])  # (n_b, V)
+            if not (self.training and self._has_aux_losses()):
+                return logits, None
+            rows = range(len(logits))
+            single = [None if domain_labels is None else domain_labels[row : row + 1] for row in rows]
+            return logits, self.aux_loss_terms([None] * len(logits), single)
+        finally:
+            self._free_router_probs()
 
     @contextmanager
     def routing(
@@ -136,8 +176,10 @@ class MoELoRAModel(nn.Module):
         task_ids: torch.Tensor | list[int] | None = None,
         domain_labels: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        free_router_probs: bool = True,
     ) -> Iterator[None]:
-        """Set the batch's routing inputs for every forward inside the block (generate() included)."""
+        """Set the batch's routing inputs for every forward inside the block (generate() included). The
+        router probabilities kept for the aux losses are freed on exit unless ``free_router_probs`` is False."""
         if task_ids is not None and not torch.is_tensor(task_ids):
             task_ids = torch.as_tensor(task_ids, dtype=torch.long)
         self.context.task_ids = task_ids
@@ -148,6 +190,8 @@ class MoELoRAModel(nn.Module):
             yield
         finally:
             self.context.clear()
+            if free_router_probs:
+                self._free_router_probs()
 
     # ------------------------------------------------------------------------------------------------
     def activation_checkpointing_enable(
@@ -206,15 +250,20 @@ class MoELoRAModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def aux_loss_terms(
-        self, token_mask: torch.Tensor | None = None, domain_labels: torch.Tensor | None = None
+        self, token_masks: Sequence[torch.Tensor | None], domain_labels: Sequence[torch.Tensor | None]
     ) -> dict[str, torch.Tensor]:
-        """Unweighted aux losses from the router probabilities the last training forward kept
-        (see `medmoelora.losses`); frees those probabilities."""
+        """Unweighted aux losses from the router probabilities the layers kept, one entry of ``token_masks``
+        ((B, T) bool or None) and ``domain_labels`` ((B,) or None) per forward (see `medmoelora.losses`);
+        frees those probabilities."""
         layers = list(self.adapter_layers().values())
-        terms = aux_losses(layers, token_mask, domain_labels, delta=self.adapter_config.preservation_delta)
-        for layer in layers:
-            layer.last_router_probs = None
-        return terms
+        try:
+            return aux_losses(layers, token_masks, domain_labels, delta=self.adapter_config.preservation_delta)
+        finally:
+            self._free_router_probs(layers)
+
+    def _free_router_probs(self, layers: Iterable[MoELoRALinear] | None = None) -> None:
+        for layer in self.adapter_layers().values() if layers is None else layers:
+            layer.kept_router_probs = []
 
     def weighted_aux_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """lambda_bal * balance + lambda_kp * preservation + lambda_l2 * base_l2, with the current

@@ -226,3 +226,28 @@ def test_grouped_path_needs_top_k():
     layer, _, _, _ = build("soft")
     with pytest.raises(UserError, match="has no top_k"):
         layer.use_grouped_top_k(True)
+
+
+@pytest.mark.parametrize(
+    ("num_experts", "top_k", "rank", "grouped"),
+    [
+        (8, 1, 32, True),  # 224 skipped slots: grouped measured 1.32x faster
+        (16, 2, 32, True),  # 448: 1.42x
+        (8, 2, 32, False),  # 192: 0.99x, a tie
+        (16, 1, 8, False),  # 120: 1.01x
+        (4, 1, 32, False),  # 96: 1.01x
+    ],
+)
+def test_top_k_takes_the_path_measured_faster_for_its_shape(num_experts, top_k, rank, grouped):
+    def layer(top_k: int | None = top_k) -> MoELoRALinear:
+        ranks, alphas = [rank] * num_experts, [2.0 * rank] * num_experts
+        return MoELoRALinear(nn.Linear(D_IN, 12), ranks, alphas, RoutingContext(), top_k=top_k)
+
+    chosen = layer()
+    assert chosen.grouped_top_k is grouped
+    assert chosen.router_in_a_gemm is not grouped  # the router joins A's GEMM on the dense path only
+    assert layer().to("meta").grouped_top_k is False  # moved off the CPU: chosen again, dense where unmeasured
+    by_hand = layer()
+    by_hand.use_grouped_top_k(not grouped)
+    assert by_hand.to(torch.float64).grouped_top_k is (not grouped)  # kept through a move
+    assert layer(top_k=None).grouped_top_k is False  # soft routing without top-k: nothing to group

@@ -85,7 +85,7 @@ def test_training_forward_adds_weighted_aux_losses(batch):
     # evaluation mode: the plain model loss, no router probabilities kept
     adapted.eval()
     assert "aux_losses" not in adapted(**batch, labels=batch["input_ids"])
-    assert all(layer.last_router_probs is None for layer in adapted.adapter_layers().values())
+    assert all(not layer.kept_router_probs for layer in adapted.adapter_layers().values())
 
 
 def test_parameter_groups_scale_the_base_experts_learning_rate(tiny_llama):

@@ -8,13 +8,14 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medmoelora import AdapterConfig, inject_adapter
 from medmoelora.serialization import load_adapter
 from medmoelora.tasks import TRAINING_TASKS, get_prompt
 from medmoelora.training.config import build_run_config
-from medmoelora.training.data import build_examples
+from medmoelora.training.data import IGNORE_INDEX, Collator, build_examples
 from medmoelora.training.heldout import choice_token_ids, held_out_examples, held_out_set, mean_token_nll
 from medmoelora.training.run import train
 from tests.tiny import randomize_adapter
@@ -81,15 +82,15 @@ def test_train_metrics_hold_finite_start_and_end_losses_and_the_start_is_the_bas
         examples = held_out_examples(
             held_out_set(prepared_data_dir, task, 32), tokenizer, config.adapter, TASKS, config.training.max_length
         )
-        base = mean_token_nll(base_model, examples, config.training.batch_size)
+        base = mean_token_nll(base_model, examples)
         assert entry["loss_start"] == base["loss"] and entry["tokens"] == base["tokens"], task
-        end = mean_token_nll(trained, examples, config.training.batch_size)["loss"]
+        end = mean_token_nll(trained, examples)["loss"]
         assert entry["loss_end"] == pytest.approx(end, rel=1e-5, abs=1e-6), task
         if task != GENERATION:
             choices = [
                 choice_token_ids(tokenizer, record) for record in held_out_set(prepared_data_dir, task, 32).records
             ]
-            base = mean_token_nll(base_model, examples, config.training.batch_size, choices)
+            base = mean_token_nll(base_model, examples, choices)
             assert entry["choice_loss_start"] == base["choice_loss"], task
 
 
@@ -99,14 +100,16 @@ def test_at_initialisation_the_adapted_model_is_exactly_the_base_model(method, t
     adapter = AdapterConfig.from_preset(method)
     adapted = inject_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), adapter)
     examples = held_out_examples(held_out_set(prepared_data_dir, "medqa", 32), tokenizer, adapter, TASKS, 96)
-    initial = mean_token_nll(adapted, examples, batch_size=2)
+    initial = mean_token_nll(adapted, examples)
     with adapted.disable_adapters():
-        assert mean_token_nll(adapted, examples, batch_size=2) == initial
+        assert mean_token_nll(adapted, examples) == initial
     randomize_adapter(adapted)  # the comparison can fail: a non-zero adapter changes the loss
-    assert mean_token_nll(adapted, examples, batch_size=2) != initial
+    assert mean_token_nll(adapted, examples) != initial
 
 
-def test_the_mean_does_not_depend_on_the_batching(tiny_model_dir, prepared_data_dir):
+def test_the_mean_is_the_padded_batchs_over_its_answer_tokens(tiny_model_dir, prepared_data_dir):
+    # mean_token_nll runs one example at a time with logits at the answer positions only; the reference here is
+    # the plain way: one right-padded batch, every position's logits, cross-entropy over the labelled ones.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     adapter = AdapterConfig.from_preset("lora")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -115,10 +118,16 @@ def test_the_mean_does_not_depend_on_the_batching(tiny_model_dir, prepared_data_
         for task in TASKS
         for example in held_out_examples(held_out_set(prepared_data_dir, task, 32), tokenizer, adapter, TASKS, 96)
     ]
-    one_by_one = mean_token_nll(model, examples, batch_size=1)
-    together = mean_token_nll(model, examples, batch_size=len(examples))
-    assert together["tokens"] == one_by_one["tokens"] == sum(sum(t != -100 for t in e.labels[1:]) for e in examples)
-    assert together["loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
+    assert len({len(example.input_ids) for example in examples}) > 1  # the batch below carries padding
+    batch = Collator(pad_token_id=0)(examples)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    labels = batch["labels"][:, 1:]  # (B, T - 1)
+    total = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    tokens = int((labels != IGNORE_INDEX).sum())
+    scored = mean_token_nll(model, examples)
+    assert scored["tokens"] == tokens == sum(sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples)
+    assert scored["loss"] == pytest.approx(float(total) / tokens, rel=1e-5)
 
 
 def test_choice_metrics_match_scoring_each_option_separately(tiny_model_dir, prepared_data_dir):
@@ -132,7 +141,7 @@ def test_choice_metrics_match_scoring_each_option_separately(tiny_model_dir, pre
         examples += held_out_examples(held_out, tokenizer, adapter, TASKS, 96)
     choices = [choice_token_ids(tokenizer, record) for record in records]
     assert all(options is not None for options in choices)  # " A".." D", " yes" / " no" / " maybe": one token each
-    result = mean_token_nll(model, examples, batch_size=3, choices=choices)
+    result = mean_token_nll(model, examples, choices=choices)
 
     losses, hits = [], []
     for record, example in zip(records, examples, strict=True):  # lm-eval's way: one request per option
@@ -149,4 +158,4 @@ def test_choice_metrics_match_scoring_each_option_separately(tiny_model_dir, pre
         hits.append(max(range(len(scores)), key=scores.__getitem__) == gold)
     assert result["choice_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
     assert result["choice_accuracy"] == pytest.approx(sum(hits) / len(hits))
-    assert "choice_loss" not in mean_token_nll(model, examples, batch_size=3)  # only when asked
+    assert "choice_loss" not in mean_token_nll(model, examples)  # only when asked

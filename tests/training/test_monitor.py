@@ -35,7 +35,7 @@ def monitored_model(model_dir, data_dir, preset="med_moe_lora", adapt=True):
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AdapterConfig.from_preset(preset)
     )
     examples = probe_examples(probe_records(data_dir, "mmlu", "validation", 16, TASKS), tokenizer, 96, task_id=0)
-    monitor = GeneralSkillMonitor(adapted, examples, batch_size=2, every=1, threshold=THRESHOLD, adapt=adapt)
+    monitor = GeneralSkillMonitor(adapted, examples, every=1, threshold=THRESHOLD, adapt=adapt)
     return adapted, monitor
 
 
@@ -92,7 +92,7 @@ def test_the_probe_is_a_train_log_column_every_n_steps_and_starts_at_the_base_mo
             entry["loss"] / probe["reference_loss"] - 1
         )
     _, monitor = monitored_model(tiny_model_dir, prepared_data_dir)
-    base = mean_token_nll(AutoModelForCausalLM.from_pretrained(tiny_model_dir), monitor.examples, batch_size=4)
+    base = mean_token_nll(AutoModelForCausalLM.from_pretrained(tiny_model_dir), monitor.examples)
     assert probe["reference_loss"] == base["loss"] and probe["tokens"] == base["tokens"]
     assert json.loads((tmp_path / "train_metrics.json").read_text())["general_probe"] == probe
 

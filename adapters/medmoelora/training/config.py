@@ -28,6 +28,10 @@ from medmoelora.validation import (
 Precision = Literal["auto", "fp32", "bf16"]
 Logger = Literal["csv", "tensorboard"]
 LossAveraging = Literal["example", "token"]  # how answer tokens are averaged (training/objective.py)
+# How a training batch runs: `batch` right-pads it to its longest sequence (one forward), `none` runs each
+# sequence on its own real tokens with logits at its answer tokens only (MoELoRAModel.forward_unpadded),
+# `auto` picks none on a CPU in one process (measured faster there: README, Performance), batch elsewhere.
+Padding = Literal["auto", "batch", "none"]
 # transformers' `SchedulerType` names that need nothing but warmup and step counts: training passes no
 # evaluation strategy and no lr_scheduler_kwargs. Spelt out because importing transformers.trainer_utils
 # takes seconds (at every workflow start); a test keeps the list in step with SchedulerType.
@@ -80,6 +84,7 @@ class TrainConfig:
     save_steps: PositiveInt = 50  # checkpoint every N steps (resume with --resume)
     save_total_limit: PositiveInt | None = 2  # checkpoints kept; null keeps all
     gradient_checkpointing: bool = False  # less activation memory, about a third more compute
+    padding: Padding = "auto"  # batch | none (each sequence on its real tokens) | auto; the same loss either way
     precision: Precision = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     loggers: tuple[Logger, ...] = ("csv",)  # csv (always cheap) and/or tensorboard
     routing_stats_examples: PositiveInt = 16  # per task, for routing_stats.json after training (a forward pass each)

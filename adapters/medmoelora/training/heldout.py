@@ -44,7 +44,6 @@ from medmoelora.model import MoELoRAModel
 from medmoelora.tasks import get_prompt
 from medmoelora.training.data import (
     IGNORE_INDEX,
-    Collator,
     Example,
     read_task_records,
     tokenize_example,
@@ -124,52 +123,46 @@ def choice_token_ids(tokenizer: Any, record: dict[str, Any]) -> list[int] | None
 def mean_token_nll(
     model: torch.nn.Module,
     examples: Sequence[Example],
-    batch_size: int,
     choices: Sequence[list[int] | None] | None = None,
 ) -> dict[str, float]:
     """``{"loss": mean NLL per labelled token, "tokens": labelled tokens}`` of ``model`` (a plain causal
     LM or a `MoELoRAModel`, which also gets the task ids) on ``examples``, in evaluation mode.
 
-    Summed over tokens in fp32, then divided once, so the result does not depend on the batching. With
-    ``choices`` (per example, the token of each answer option, or None) it also returns what lm-eval's
-    accuracy sees: ``choice_loss``, the mean -log p(gold | options) with p renormalised over the
-    options, and ``choice_accuracy``, how often the gold option scores highest.
+    One example at a time on its own tokens, with logits only at its answer positions: no padding and no
+    LM head where nothing is scored. Summed over tokens in fp64, then divided once. With ``choices`` (per
+    example, the token of each answer option, or None) it also returns what lm-eval's accuracy sees:
+    ``choice_loss``, the mean -log p(gold | options) with p renormalised over the options, and
+    ``choice_accuracy``, how often the gold option scores highest.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate = Collator(pad_token_id=0)  # padded positions are masked and unlabelled: the id is irrelevant
     total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     choice_nll, correct, scored = 0.0, 0, 0
     try:
-        for start in range(0, len(examples), batch_size):
-            chunk = list(examples[start : start + batch_size])
-            batch = {name: value.to(device) for name, value in collate(chunk).items()}
-            labels = batch.pop("labels")  # (B, T)
-            domains = batch.pop("domain_labels")
-            task_ids = batch.pop("task_ids")
+        for index, example in enumerate(examples):
+            labels = torch.tensor(example.labels, device=device)  # (T,)
+            positions = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(1)  # (n,): token t predicts label t + 1
+            if positions.numel() == 0:
+                continue
+            routing = {}
             if isinstance(model, MoELoRAModel):
-                batch.update(task_ids=task_ids, domain_labels=domains)
-            logits = model(**batch)["logits"].float()  # (B, T, V)
-            # token t predicts token t + 1: (B, T - 1, V) against (B, T - 1)
-            shifted_labels = labels[:, 1:]
-            nll = F.cross_entropy(
-                logits[:, :-1].transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            total += nll.double()
-            tokens += int((shifted_labels != IGNORE_INDEX).sum())
-            for row, example in enumerate(chunk):
-                options = choices[start + row] if choices is not None else None
-                if options is None:
-                    continue
-                answer_at = next(t for t, label in enumerate(example.labels) if label != IGNORE_INDEX)
-                if answer_at == 0 or example.labels[answer_at] not in options:  # no prompt left to score from
-                    continue
-                log_probs = torch.log_softmax(logits[row, answer_at - 1, options], dim=-1)  # (options,)
-                gold = options.index(example.labels[answer_at])
-                choice_nll -= float(log_probs[gold])
-                correct += int(log_probs.argmax()) == gold
-                scored += 1
+                routing = {"task_ids": torch.tensor([example.task_id]), "domain_labels": torch.tensor([example.domain])}
+            input_ids = torch.tensor([example.input_ids], device=device)  # (1, T)
+            logits = model(input_ids=input_ids, logits_to_keep=positions, **routing)["logits"][0].float()  # (n, V)
+            total += F.cross_entropy(logits, labels[positions + 1], reduction="sum").double()
+            tokens += positions.numel()
+            options = choices[index] if choices is not None else None
+            if options is None:
+                continue
+            answer_at = next(t for t, label in enumerate(example.labels) if label != IGNORE_INDEX)
+            if answer_at == 0 or example.labels[answer_at] not in options:  # no prompt left to score from
+                continue
+            log_probs = torch.log_softmax(logits[0, options], dim=-1)  # (options,)
+            gold = options.index(example.labels[answer_at])
+            choice_nll -= float(log_probs[gold])
+            correct += int(log_probs.argmax()) == gold
+            scored += 1
     finally:
         model.train(was_training)
     result = {"loss": float(total) / tokens if tokens else float("nan"), "tokens": tokens}
@@ -185,13 +178,11 @@ class HeldOutEvaluator:
         self,
         examples: dict[str, list[Example]],
         sources: dict[str, str],
-        batch_size: int,
         choices: dict[str, list[list[int] | None]] | None = None,
     ) -> None:
         self.examples = {task: chosen for task, chosen in examples.items() if chosen}
         self.sources = sources
         self.choices = choices or {}
-        self.batch_size = batch_size
         self.start: dict[str, dict[str, float]] = {}
 
     def examples_or(self, training_examples: Sequence[Example], per_task: int) -> list[Example]:
@@ -203,20 +194,17 @@ class HeldOutEvaluator:
         return [example for examples in chosen.values() for example in examples]
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
-        return {
-            task: mean_token_nll(model, chosen, self.batch_size, self.choices.get(task))
-            for task, chosen in self.examples.items()
-        }
+        return {task: mean_token_nll(model, chosen, self.choices.get(task)) for task, chosen in self.examples.items()}
 
     def measure_start(self, adapted: MoELoRAModel) -> None:
         with adapted.disable_adapters():
             self.start = self.evaluate(adapted)
 
     def examples_digest(self) -> str:
-        """sha256 of what the losses depend on besides the model: the batch size and, per task, every
-        example's tokens and labels and its answer options. Not the task ids: the start runs the base
-        model, which routes nothing."""
-        digest = hashlib.sha256(f"batch_size={self.batch_size}\n".encode())
+        """sha256 of what the losses depend on besides the model: per task, every example's tokens and labels
+        and its answer options (scored one example at a time: no batch size). Not the task ids: the start
+        runs the base model, which routes nothing."""
+        digest = hashlib.sha256(b"one example per forward\n")
         for task, examples in self.examples.items():
             options = self.choices.get(task) or [None] * len(examples)
             for example, choices in zip(examples, options, strict=True):
@@ -299,4 +287,4 @@ def build_heldout(
     choices = {task: [choice_token_ids(tokenizer, record) for record in s.records] for task, s in sets.items()}
     excluded = frozenset().union(*(s.excluded_ids for s in sets.values()))
     sources = {task: s.source for task, s in sets.items()}
-    return HeldOutEvaluator(examples, sources, training.batch_size, choices), excluded
+    return HeldOutEvaluator(examples, sources, choices), excluded

@@ -106,14 +106,12 @@ class GeneralSkillMonitor(TrainerCallback):
         self,
         adapted: MoELoRAModel,
         examples: list[Example],
-        batch_size: int,
         every: int,
         threshold: float = 0.01,
         adapt: bool = False,
     ) -> None:
         self.adapted = adapted
         self.examples = examples
-        self.batch_size = batch_size
         self.every = every
         self.threshold = threshold
         self.adapt = adapt
@@ -133,7 +131,7 @@ class GeneralSkillMonitor(TrainerCallback):
         """The probe loss of the model as it is now (routing statistics untouched)."""
         tracking, self.adapted.context.track_stats = self.adapted.context.track_stats, False
         try:
-            result = mean_token_nll(self.adapted, self.examples, self.batch_size)
+            result = mean_token_nll(self.adapted, self.examples)
         finally:
             self.adapted.context.track_stats = tracking
         self.tokens = result["tokens"]
@@ -230,7 +228,6 @@ def build_monitor(
     return GeneralSkillMonitor(
         adapted,
         examples,
-        batch_size=training.batch_size,
         every=training.monitor_steps,
         threshold=training.monitor_threshold,
         adapt=training.monitor_adapt,

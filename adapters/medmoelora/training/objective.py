@@ -32,3 +32,26 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor, averaging: str = "exa
     per_example = nll.sum(1) / mask.sum(1).clamp(min=1)  # (B,)
     has_answer = mask.sum(1) > 0  # (B,): a fully truncated answer has nothing to learn
     return per_example[has_answer].mean() if has_answer.any() else nll.sum() * 0
+
+
+def answer_positions(labels: torch.Tensor) -> list[torch.Tensor]:
+    """labels: (B, T) -> per row, the positions t whose logits predict an answer token (label t + 1): (n_b,)."""
+    return [(row[1:] != IGNORE_INDEX).nonzero().squeeze(1) for row in labels]
+
+
+def answer_nll_at(
+    logits: list[torch.Tensor], labels: torch.Tensor, positions: list[torch.Tensor], averaging: str = "example"
+) -> torch.Tensor:
+    """`answer_nll` from each row's logits at its answer positions only (`MoELoRAModel.forward_unpadded`):
+    logits[b] (n_b, V) at positions[b] (n_b,) of `answer_positions`, labels (B, T) -> the same scalar."""
+    nll = [
+        F.cross_entropy(row_logits.float(), row_labels[row_positions + 1], reduction="none")  # (n_b,)
+        for row_logits, row_labels, row_positions in zip(logits, labels, positions, strict=True)
+    ]
+    answered = [row_nll for row_nll in nll if row_nll.numel() > 0]
+    if not answered:  # every answer truncated away: zero, still attached to the graph
+        return sum(row_logits.sum() for row_logits in logits) * 0
+    if averaging == "token":
+        every = torch.cat(answered)  # (sum_b n_b,)
+        return every.sum() / every.numel()
+    return torch.stack([row_nll.mean() for row_nll in answered]).mean()

@@ -58,6 +58,7 @@ APPLIED_ON_RESUME = frozenset(
         "training.save_steps",
         "training.save_total_limit",
         "training.gradient_checkpointing",  # same arithmetic, other memory/compute trade-off
+        "training.padding",  # the same loss over the same tokens, other compute
         "training.loggers",
         "training.routing_stats_examples",  # statistics after training
     }

@@ -189,14 +189,17 @@ def _train_and_write(
             shutil.copyfile(out / TRAIN_LOG, checkpoint / TRAIN_LOG)
 
     extra_columns = tuple(column for callback in callbacks for column in getattr(callback, "columns", ()))
+    arguments = _training_arguments(config, out / CHECKPOINTS, bf16)
+    unpadded = use_unpadded(training.padding, arguments)
     trainer = MoELoRATrainer(
         model=adapted,
-        args=_training_arguments(config, out / CHECKPOINTS, bf16),
+        args=arguments,
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tokenizer.pad_token_id),
         callbacks=[RoutingTracker(adapted), CsvLogger(out / TRAIN_LOG, extra_columns), *callbacks],
         on_checkpoint=add_run_files,
         loss_averaging=training.loss_averaging,
+        unpadded=unpadded,
     )
     model_digest = run_config["inputs"]["model"]
     if heldout.examples and not (heldout_start and _start_from_file(heldout, heldout_start, model_digest, adapted)):
@@ -219,7 +222,7 @@ def _train_and_write(
     stats = {"by_task": {}, "overall": {"layers": {}, "modules": {}}}  # LoRA: one expert, nothing routed
     if config.adapter.routing != "none":
         chosen = heldout.examples_or(examples, training.routing_stats_examples)  # held-out where there is one
-        stats = _routing_stats_by_group(adapted, chosen, training.batch_size)
+        stats = _routing_stats_by_group(adapted, chosen)
         warn_on_collapse(stats["overall"])
     tokens = int(trainer.state.num_input_tokens_seen) - int(tokens_before)
     metrics = {
@@ -237,6 +240,7 @@ def _train_and_write(
         # the mean loss of every step, also those before a resume (Trainer's covers this call's only)
         "final_loss": (trainer.resumed_loss_sum + result.training_loss * steps_now) / max(steps, 1),
         "precision": "bf16" if bf16 else "fp32",
+        "padding": "none" if unpadded else "batch",  # training.padding as resolved
         "processes": trainer.args.world_size,
         "device": str(trainer.args.device),
         "heldout": heldout.report(adapted),  # per training task: loss at start (base model) and end
@@ -306,6 +310,19 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16"
 
 
+def use_unpadded(padding: str, arguments: TrainingArguments) -> bool:
+    """training.padding resolved: True runs each sequence of a batch on its own (`forward_unpadded`). auto:
+    on a CPU in one process, where the padded batch's extra tokens cost their full compute; elsewhere the
+    padded batch (a GPU runs it in one launch; several processes need the distributed wrapper's forward)."""
+    if padding == "auto":
+        return arguments.device.type == "cpu" and arguments.world_size == 1
+    if padding == "none" and arguments.world_size > 1:
+        raise UserError(
+            f"training.padding: none runs in one process, this run has {arguments.world_size}; use batch or auto"
+        )
+    return padding == "none"
+
+
 def _training_arguments(config: RunConfig, output_dir: Path, bf16: bool) -> TrainingArguments:
     training = config.training
     return TrainingArguments(
@@ -334,21 +351,24 @@ def _training_arguments(config: RunConfig, output_dir: Path, bf16: bool) -> Trai
 
 
 @torch.no_grad()
-def _routing_stats_by_group(adapted: MoELoRAModel, examples: list[Example], batch_size: int) -> dict[str, Any]:
+def _routing_stats_by_group(adapted: MoELoRAModel, examples: list[Example]) -> dict[str, Any]:
     """Routing statistics of ``examples``: overall, by task, by domain, and the base experts' share of
-    general vs medical tokens (adapters with base experts)."""
+    general vs medical tokens (adapters with base experts). One example per forward, on its own tokens (no
+    padding to mask) and with the LM head at its last position only: the statistics need the layers alone."""
     device = next(p for p in adapted.parameters() if p.requires_grad).device
-    collate = Collator(pad_token_id=0)
     groups: dict[tuple[str, int], list[Example]] = {}
     for example in examples:
         groups.setdefault((example.task, example.domain), []).append(example)
     stats: dict[tuple[str, int], dict[str, Any]] = {}
     for group, chosen in groups.items():
         with track_routing(adapted):
-            for start in range(0, len(chosen), batch_size):
-                batch = {k: v.to(device) for k, v in collate(chosen[start : start + batch_size]).items()}
-                batch.pop("labels")
-                adapted(**batch)
+            for example in chosen:
+                adapted(
+                    input_ids=torch.tensor([example.input_ids], device=device),  # (1, T)
+                    task_ids=torch.tensor([example.task_id], device=device),
+                    domain_labels=torch.tensor([example.domain], device=device),
+                    logits_to_keep=1,
+                )
         stats[group] = routing_stats(adapted)
     by_task = {task: merge_routing_stats([v for (t, _), v in stats.items() if t == task]) for task, _ in stats}
     by_domain = {

@@ -35,7 +35,7 @@ from medmoelora.model import MoELoRAModel
 from medmoelora.routing_stats import collapsed_modules, routing_stats
 from medmoelora.serialization import load_adapter_weights, save_adapter
 from medmoelora.training.checkpoints import STAGING, TRAIN_PROGRESS, complete_checkpoints, read_json
-from medmoelora.training.objective import answer_nll
+from medmoelora.training.objective import answer_nll, answer_nll_at, answer_positions
 
 
 class TrainingDiverged(UserError):
@@ -51,10 +51,16 @@ class MoELoRATrainer(Trainer):
         *args: Any,
         on_checkpoint: Callable[[Path], None] | None = None,
         loss_averaging: str = "example",
+        unpadded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_averaging = loss_averaging
+        # Each training batch one sequence at a time, without padding (`MoELoRAModel.forward_unpadded`); one
+        # process only: the per-row forwards go past the distributed wrapper, which would not sync them.
+        if unpadded and self.args.world_size > 1:
+            raise UserError("unpadded training steps run in one process; use training.padding: batch with several")
+        self.unpadded = unpadded
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
         self.on_checkpoint = on_checkpoint
@@ -81,8 +87,11 @@ class MoELoRATrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
-        outputs["lm_loss"] = answer_nll(outputs["logits"], inputs["labels"], self.loss_averaging)
+        if self.unpadded and model.training:
+            outputs = self._unpadded_outputs(inputs)
+        else:
+            outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
+            outputs["lm_loss"] = answer_nll(outputs["logits"], inputs["labels"], self.loss_averaging)
         aux = outputs.get("aux_losses")  # training mode, aux losses on: weighted by the model's current weights
         loss = outputs["lm_loss"] + (self.adapted.weighted_aux_loss(aux) if aux is not None else 0.0)
         outputs["loss"] = loss
@@ -92,6 +101,21 @@ class MoELoRATrainer(Trainer):
         if model.training:
             self._accumulate(outputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _unpadded_outputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The padded forward's loss, each sequence run on its own real tokens with logits at its answer
+        positions only: ``lm_loss``, ``aux_losses`` (or None) and each row's answer ``logits``."""
+        labels = inputs["labels"]  # (B, T)
+        positions = answer_positions(labels)  # per row (n_b,)
+        logits, aux = self.adapted.forward_unpadded(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            positions,
+            task_ids=inputs.get("task_ids"),
+            domain_labels=inputs.get("domain_labels"),
+        )
+        lm_loss = answer_nll_at(logits, labels, positions, self.loss_averaging)
+        return {"logits": logits, "lm_loss": lm_loss, "aux_losses": aux}
 
     def _accumulate(self, outputs: Any) -> None:
         self._count += 1
