@@ -49,6 +49,7 @@ from medmoelora.training.data import (
     tokenize_example,
     training_task_id,
 )
+from medmoelora.training.objective import answer_positions
 
 HELDOUT_SEED = "heldout"  # fixed: the same held-out records for every method, seed and config
 START_FORMAT = "medmoelora-heldout-start/1"  # the `format` field of a held-out start file
@@ -142,7 +143,7 @@ def mean_token_nll(
     try:
         for index, example in enumerate(examples):
             labels = torch.tensor(example.labels, device=device)  # (T,)
-            positions = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(1)  # (n,): token t predicts label t + 1
+            positions = answer_positions(labels[None])[0]  # (n,): token t predicts label t + 1
             if positions.numel() == 0:
                 continue
             routing = {}
