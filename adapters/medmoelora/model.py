@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -168,7 +168,8 @@ class MoELoRAModel(nn.Module):
             single = [None if domain_labels is None else domain_labels[row : row + 1] for row in rows]
             return logits, self.aux_loss_terms([None] * len(logits), single)
         finally:
-            self._free_router_probs()
+            if self.training and self._has_aux_losses():
+                self._free_router_probs()
 
     @contextmanager
     def routing(
@@ -185,12 +186,12 @@ class MoELoRAModel(nn.Module):
         self.context.task_ids = task_ids
         self.context.domain_labels = domain_labels
         self.context.token_mask = None if token_mask is None else token_mask.bool()
-        self.context.keep_router_probs = self.training and self._has_aux_losses()
+        keeping = self.context.keep_router_probs = self.training and self._has_aux_losses()
         try:
             yield
         finally:
             self.context.clear()
-            if free_router_probs:
+            if keeping and free_router_probs:
                 self._free_router_probs()
 
     # ------------------------------------------------------------------------------------------------
@@ -253,16 +254,13 @@ class MoELoRAModel(nn.Module):
         self, token_masks: Sequence[torch.Tensor | None], domain_labels: Sequence[torch.Tensor | None]
     ) -> dict[str, torch.Tensor]:
         """Unweighted aux losses from the router probabilities the layers kept, one entry of ``token_masks``
-        ((B, T) bool or None) and ``domain_labels`` ((B,) or None) per forward (see `medmoelora.losses`);
-        frees those probabilities."""
+        ((B, T) bool or None) and ``domain_labels`` ((B,) or None) per forward (see `medmoelora.losses`).
+        The `routing` block that kept them frees them on exit (`forward_unpadded` after its rows)."""
         layers = list(self.adapter_layers().values())
-        try:
-            return aux_losses(layers, token_masks, domain_labels, delta=self.adapter_config.preservation_delta)
-        finally:
-            self._free_router_probs(layers)
+        return aux_losses(layers, token_masks, domain_labels, delta=self.adapter_config.preservation_delta)
 
-    def _free_router_probs(self, layers: Iterable[MoELoRALinear] | None = None) -> None:
-        for layer in self.adapter_layers().values() if layers is None else layers:
+    def _free_router_probs(self) -> None:
+        for layer in self.adapter_layers().values():
             layer.kept_router_probs = []
 
     def weighted_aux_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
