@@ -4,8 +4,8 @@
 
 # Every run starts as the base model, so the held-out losses at the start are measured once, here, and
 # every training job reads them (`medmoelora train --heldout-start`): each job would otherwise spend
-# two forward passes per held-out example on the same numbers (54 s of a default training job: the
-# heldout_start job alone on 2 idle cores).
+# a forward pass per held-out example on the same numbers (38 s of a default training job: the
+# heldout_start job of `make table1` on 2 idle cores).
 # A run whose own training settings change the held-out examples measures its own start.
 rule heldout_start:
     input:
