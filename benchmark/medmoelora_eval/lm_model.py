@@ -22,6 +22,10 @@ adapters evaluate at the base model's speed. The merge stays between calls while
 wanted (a LoRA adapter merges once; Multi-LoRA switches when the next group needs another expert), so
 its cost, a pass over every adapted weight, is not paid per call; `MedMoELoRALM.unmerge` puts the base
 weights back bit for bit. ``merge=False`` keeps the unmerged path (same results up to float rounding).
+
+Loglikelihood requests compute the LM head and its log-softmax only at the positions a continuation is
+scored (`medmoelora_eval.scored_logits`), not over the whole vocabulary at every position as HFLM does; the
+same log-probabilities up to float rounding. ``scored_logits_only=False`` takes HFLM's own loop.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from typing import Any, TypeVar
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import CacheHook
-from lm_eval.models.huggingface import HFLM
 
 from medmoelora.base_models import check_model_dir, hub_offline
 from medmoelora.errors import UserError
 from medmoelora.serialization import load_adapter, read_adapter_config
 from medmoelora_eval.errors import one_line_user_errors
+from medmoelora_eval.scored_logits import ScoredLogitsLM
 from medmoelora_eval.task_routing import TaskRouter
 
 Result = TypeVar("Result")
@@ -60,8 +64,9 @@ def _check_pretrained(pretrained: Any) -> None:
         )
 
 
-class MedMoELoRALM(HFLM):
-    """HFLM plus ``adapter=DIR`` (a directory that `medmoelora.save_adapter` wrote)."""
+class MedMoELoRALM(ScoredLogitsLM):
+    """HFLM plus ``adapter=DIR`` (a directory that `medmoelora.save_adapter` wrote), scoring with logits at the
+    continuation's positions only (`medmoelora_eval.scored_logits`)."""
 
     def __init__(
         self,
@@ -193,6 +198,10 @@ class MedMoELoRALM(HFLM):
         with self._routing(inps.shape[0]):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
+    def _scored_logits(self, inputs: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        with self._routing(inputs.shape[0]):
+            return super()._scored_logits(inputs, kept)
+
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: Sequence[str], **kwargs: Any) -> Any:
         with self._routing(context.shape[0]):
             return super()._model_generate(context, max_length, stop, **kwargs)
@@ -203,5 +212,5 @@ class MedMoELoRALM(HFLM):
         info.update(
             adapter=self.adapter, adapter_method=config.method, adapter_routing=config.routing, merged=self.merge
         )
-        info.update(disable_experts=self.disable_experts_spec)
+        info.update(disable_experts=self.disable_experts_spec, scored_logits_only=self.scored_logits_only)
         return info

@@ -42,6 +42,13 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("top-k: dense / grouped path, fwd + bwd, best shape measured (> 1: a crossover exists)", "top_k:best", "", None),
     ("--model hf request phase / plain forward of its batches (the machine's limit)", "floor:hf", "", None),
     ("med_moe_lora request phase / plain forward of the base model's batches", "floor:med_moe_lora", "", None),
+    # --model medmoelora scores with the LM head at the continuation's positions only; HFLM at every position.
+    ("base model: scored-logits request loop / --model hf throughput (what that loop saves)", "lm:hf_scored", "", None),
+    *(
+        (f"{method}: --model medmoelora / the base in the same scored-logits loop (the adapter's own cost)",
+         f"lm_scored:{method}", "", None)
+        for method in METHODS
+    ),
 )
 
 
@@ -64,6 +71,8 @@ def measured_values(
     for path in by_path.index:
         values[f"lm:{path}"] = by_path.loc[path, "throughput_over_hf"]
         values[f"floor:{path}"] = by_path.loc[path, "throughput_over_floor"]
+        if "throughput_over_hf_scored" in by_path.columns:  # absent from files of revisions before it
+            values[f"lm_scored:{path}"] = by_path.loc[path, "throughput_over_hf_scored"]
     if top_k is not None:
         values["top_k:best"] = top_k.dense_over_grouped_train.max()
     if table1_wall is not None:

@@ -66,9 +66,10 @@ def ratios(train: float = 1.1, med_moe_lm: float = 0.95, lora_flops: float = 1.2
     )
     lm_eval = pd.DataFrame(
         {
-            "path": ["floor", "hf", *METHODS],
-            "throughput_over_hf": [1.1, 1.0, 0.99, 0.985, 0.94, med_moe_lm],
-            "throughput_over_floor": [1.0, 0.9, 0.89, 0.88, 0.85, 0.8],
+            "path": ["floor", "hf", "hf_scored", *METHODS],
+            "throughput_over_hf": [1.1, 1.0, 1.2, 0.99, 0.985, 0.94, med_moe_lm],
+            "throughput_over_floor": [1.0, 0.9, 1.08, 0.89, 0.88, 0.85, 0.8],
+            "throughput_over_hf_scored": [0.92, 0.83, 1.0, 0.82, 0.81, 0.78, 0.77],
         }
     )
     return layer, model, lm_eval
@@ -87,11 +88,15 @@ def test_report_checks_each_target(changes, missed):
     targets = perf_report.summarize(*ratios(**changes)).set_index("target")
     assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "measured"] == 2.75
     bounded = targets[targets.bound != ""]
-    assert len(bounded) == len(targets) - 2  # the two floor rows are reported, not bounded
+    # reported, not bounded: the two floor rows, the scored-logits loop's saving and each adapter's own cost
+    assert len(bounded) == len(targets) - 3 - len(METHODS)
     assert [name for name, met in bounded.met.items() if not met] == ([missed] if missed else [])
     assert (
         targets.loc["--model hf request phase / plain forward of its batches (the machine's limit)", "measured"] == 0.9
     )
+    saving = "base model: scored-logits request loop / --model hf throughput (what that loop saves)"
+    own_cost = "med_moe_lora: --model medmoelora / the base in the same scored-logits loop (the adapter's own cost)"
+    assert targets.loc[saving, "measured"] == 1.2 and targets.loc[own_cost, "measured"] == 0.77
 
 
 TABLE1_TARGET = "make table1 wall time after / before the performance work, table1.csv unchanged"
@@ -119,7 +124,8 @@ def test_readme_table_is_rewritten_between_its_markers():
     assert written.startswith("# T\n\nbefore\n") and written.endswith(f"{perf_report.END}\nafter\n")
     assert "old table" not in written
     cells = [line.strip()[1:-1].split("|")[-1].strip() for line in written.splitlines() if line.startswith("| ")]
-    assert cells == ["met", *["met"] * 7, "missed", "met", "met", "", ""]  # the header, then one per target
+    # the header, then one per target; the reported figures have no verdict
+    assert cells == ["met", *["met"] * 7, "missed", "met", "met", "", "", "", *[""] * len(METHODS)]
     assert "| med_moe_lora training step / lora's" in written
     with pytest.raises(UserError, match="no perf-targets markers"):
         perf_report.readme_with_targets("# no markers\n", targets)
