@@ -45,8 +45,12 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     # --model medmoelora scores with the LM head at the continuation's positions only; HFLM at every position.
     ("base model: scored-logits request loop / --model hf throughput (what that loop saves)", "lm:hf_scored", "", None),
     *(
-        (f"{method}: --model medmoelora / the base in the same scored-logits loop (the adapter's own cost)",
-         f"lm_scored:{method}", "", None)
+        (
+            f"{method}: --model medmoelora / the base in the same scored-logits loop (the adapter's own cost)",
+            f"lm_scored:{method}",
+            "",
+            None,
+        )
         for method in METHODS
     ),
 )

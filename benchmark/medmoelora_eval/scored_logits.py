@@ -103,7 +103,10 @@ class ScoredLogitsLM(HFLM):
         for chunk in ordered.get_batched(n=batch_size, batch_fn=batch_fn):
             rows = [self._input_tokens(context, continuation) for _, context, continuation in chunk]
             # Where each sequence's continuation is predicted: the last len(continuation) input positions.
-            spans = [range(len(row) - len(continuation), len(row)) for row, (_, _, continuation) in zip(rows, chunk)]
+            spans = [
+                range(len(row) - len(continuation), len(row))
+                for row, (_, _, continuation) in zip(rows, chunk, strict=True)
+            ]
             kept = torch.tensor(sorted({position for span in spans for position in span}), device=self.device)
             inputs = pad_and_concat(
                 max(map(len, rows)),
@@ -112,13 +115,13 @@ class ScoredLogitsLM(HFLM):
             )  # [batch, longest]
             logprobs = F.log_softmax(self._scored_logits(inputs, kept), dim=-1, dtype=self.softmax_dtype)
             # logprobs: [batch, len(kept), vocab]
-            for (request_strings, context, continuation), row_logprobs, span in zip(chunk, logprobs, spans):
+            for (strings_key, context, continuation), row_logprobs, span in zip(chunk, logprobs, spans, strict=True):
                 span_rows = torch.searchsorted(kept, torch.tensor(list(span), device=self.device))
                 continuation_logprobs = row_logprobs[span_rows].unsqueeze(0)  # [1, len(continuation), vocab]
                 greedy = continuation_logprobs.argmax(dim=-1)  # [1, len(continuation)]
                 # Continuations sharing this forward (one-token cache): each gets its own answer.
                 for strings, tokens, shared_logprobs in ordered.get_cache(
-                    req_str=request_strings, cxt_toks=context, cont_toks=continuation, logits=continuation_logprobs
+                    req_str=strings_key, cxt_toks=context, cont_toks=continuation, logits=continuation_logprobs
                 ):
                     targets = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(0)  # [1, len]
                     exact = bool((greedy[:, -targets.shape[1] :] == targets).all())

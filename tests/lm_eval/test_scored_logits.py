@@ -100,7 +100,7 @@ def test_greedy_match_flags_follow_the_model(tiny_model_dir: Path) -> None:
     context = torch.randint(1, hf.model.config.vocab_size, (12,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
         first = int(hf.model(torch.tensor([context])).logits[0, -1].argmax())
-        second = int(hf.model(torch.tensor([context + [first]])).logits[0, -1].argmax())
+        second = int(hf.model(torch.tensor([[*context, first]])).logits[0, -1].argmax())
         worst = int(hf.model(torch.tensor([context])).logits[0, -1].argmin())
     token_requests = [(None, context, [first]), (None, context, [worst]), (None, context, [first, second])]
     token_requests.append((None, context[:5], [first, worst]))
