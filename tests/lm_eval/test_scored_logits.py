@@ -108,3 +108,17 @@ def test_greedy_match_flags_follow_the_model(tiny_model_dir: Path) -> None:
     results = scored._loglikelihood_tokens(token_requests)
     assert_same_results(results, expected)
     assert [greedy for _, greedy in results][:3] == [True, False, True]
+
+
+def test_a_model_without_logits_to_keep_takes_hflms_loop(tiny_model_dir: Path, requests: list[Any]) -> None:
+    options = {"pretrained": str(tiny_model_dir), "device": "cpu", "batch_size": 3, "max_length": MAX_LENGTH}
+    hf, scored = HFLM(**options), ScoredLogitsLM(**options)
+    forward = scored.model.forward
+
+    def forward_without_logits_to_keep(input_ids: torch.Tensor, attention_mask: Any = None) -> Any:
+        return forward(input_ids, attention_mask=attention_mask)
+
+    scored.model.forward = forward_without_logits_to_keep  # a model class that predates logits_to_keep
+    (expected, hf_rows), (results, scored_rows) = lm_head_rows(hf, requests), lm_head_rows(scored, requests)
+    assert_same_results(results, expected)
+    assert scored_rows == hf_rows
