@@ -1,10 +1,10 @@
 """lm-eval's loglikelihood with the LM head and the log-softmax only where a continuation is scored.
 
 HFLM's ``_loglikelihood_tokens`` asks the model for logits over the whole vocabulary at every position of
-every padded sequence, takes their log-softmax, and keeps the continuation's few positions. For a
-multiple-choice request (a 5-shot MMLU prompt of ~1,000 tokens, a one-token answer) that is a
-``[batch, length, vocab]`` tensor (8 x 1,000 x 49,152 floats, 1.6 GB for SmolLM2) of which one row per
-sequence is read, and the LM head is a fifth of SmolLM2-135M's forward FLOPs.
+every padded sequence, takes their log-softmax, and keeps the continuation's few positions. For a batch
+of 8 multiple-choice prompts of 1,000 tokens with a one-token answer, that is a ``[batch, length, vocab]``
+tensor of 8 x 1,000 x 49,152 floats (1.6 GB for SmolLM2's vocabulary) of which one row per sequence is
+read, and the LM head is a fifth of SmolLM2-135M's forward FLOPs.
 
 `ScoredLogitsLM._loglikelihood_tokens` is the same request loop (the same order, batching, one-token
 continuation cache, left truncation and results), with one difference: it passes transformers'
