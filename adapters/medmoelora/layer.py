@@ -254,27 +254,37 @@ class MoELoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, d_in) -> (B, T, d_out)."""
-        result = self.base_layer(x)  # (B, T, d_out); while merged, W0 already includes the update
+        out_shape = (*x.shape[:-1], self.base_layer.out_features)
+        # W0 x on the tokens as rows: (B*T, d_out), its own storage, not a view, which the update is added
+        # into in place. A second (B, T, d_out) output would cost more than the low-rank GEMMs on a CPU
+        # (a fresh buffer that size comes as new pages from the kernel), and an in-place add into a view
+        # would cost a copy of the output in backward; autograd saves no linear layer's output, so in place
+        # is exact.
+        result = self.base_layer(x.flatten(0, -2))  # (B*T, d_out); while merged, W0 includes the update
         if not self.adapter_enabled or self.merged_expert is not None:
-            return result
+            return result.view(out_shape)
         if self.grouped_top_k:
             update = self.grouped_top_k_update(x, self.gates_after_ablation(x))  # (B, T, d_out)
-            return result + update.to(result.dtype)
+            return result.add_(update.flatten(0, -2).to(result.dtype)).view(out_shape)
         lora_A, lora_B = self.forward_weights()  # (R [+ N], d_in), (d_out, R)
         rank = lora_B.shape[1]
         projected = F.linear(self.dropout(x.to(lora_A.dtype)), lora_A)  # (B, T, R [+ N])
-        hidden = projected[..., :rank]  # (B, T, R)
-        router_logits = projected[..., rank:] if self.router_in_a_gemm else None  # (B, T, N), fp32
+        router_logits = None  # (B, T, N), fp32, where the router rides in A's GEMM
+        if self.router_in_a_gemm:
+            hidden, router_logits = projected.split((rank, projected.shape[-1] - rank), dim=-1)  # (B, T, R), (B, T, N)
+        else:
+            hidden = projected  # (B, T, R)
         gates = self.gates_after_ablation(x, router_logits)  # (B, T, N) or (B, 1, N) or None
         scale = 1.0
         if gates is None:  # LoRA: one expert, its alpha / r applied by the output GEMM (no pass over hidden)
             scale = self.alphas[0] / self.ranks[0]
         else:  # (B, T, N) @ (N, R) -> (B, T, R): each expert's gate times alpha_i / r_i on its rank slots
             hidden = hidden * (gates.to(hidden.dtype) @ self.gate_to_slot)  # (B, T, R)
+        hidden = hidden.flatten(0, -2)  # (B*T, R)
         if result.dtype != hidden.dtype:  # bf16 base, fp32 adapter
-            return result + (scale * F.linear(hidden, lora_B)).to(result.dtype)  # (B, T, R) @ (R, d_out)
-        # result + scale * hidden @ B^T as one GEMM (addmm): one pass over the (B, T, d_out) output, not two
-        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), lora_B.t(), alpha=scale).view_as(result)
+            return result.add_((scale * F.linear(hidden, lora_B)).to(result.dtype)).view(out_shape)
+        # result += scale * hidden @ B^T as one GEMM (addmm_): one pass over the (B*T, d_out) output, not two
+        return result.addmm_(hidden, lora_B.t(), alpha=scale).view(out_shape)
 
     def grouped_top_k_update(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """sum_i g_i(x) (alpha_i / r_i) B_i A_i x over the k experts a token chose, computed per expert on

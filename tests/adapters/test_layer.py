@@ -110,3 +110,40 @@ def test_router_runs_in_fp32_in_a_bf16_model():
     assert layer.router.weight.dtype == torch.float32
     assert layer.router_probs(x).dtype == torch.float32
     assert layer(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("routing", ["soft", "task"])
+def test_input_gradient_equals_the_naive_loops(routing):
+    """The update is added into W0 x in place: autograd must still give the input both paths' gradient."""
+    layer, context, experts, tensors = build(routing, num_base_experts=1 if routing == "soft" else 0)
+    context.task_ids = torch.tensor([2, 0, 3])
+    x = torch.randn(BATCH, LENGTH, D_IN, requires_grad=True)
+    upstream = torch.randn(BATCH, LENGTH, D_OUT)
+    (layer(x) * upstream).sum().backward()
+    fused_grad, x.grad = x.grad, None
+    router = tensors.get("router.weight")
+    w0, bias = layer.base_layer.weight.detach(), layer.base_layer.bias.detach()
+    (naive_mixture(x, w0, bias, experts, router, 0.7, routing, task_ids=context.task_ids) * upstream).sum().backward()
+    torch.testing.assert_close(fused_grad, x.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("routing", ["none", "soft", "task"])
+def test_update_is_written_into_the_base_layers_output(routing):
+    """No second (B, T, d_out) output (on a CPU, fresh pages cost more than the low-rank GEMMs), and no
+    in-place add into a view, which autograd would pay for with a copy of the output in backward."""
+    torch.manual_seed(0)
+    ranks = [4] if routing == "none" else RANKS
+    layer = MoELoRALinear(nn.Linear(D_IN, D_OUT), ranks, ALPHAS[: len(ranks)], RoutingContext(), routing=routing)
+    layer.context.task_ids = torch.tensor([2, 0, 3])
+    base_outputs = []
+    layer.base_layer.register_forward_hook(lambda module, args, output: base_outputs.append(output.data_ptr()))
+    out = layer(torch.randn(BATCH, LENGTH, D_IN, requires_grad=True))
+    assert out.data_ptr() == base_outputs[-1]
+    nodes, seen = [out.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        assert type(node).__name__ != "CopySlices"
+        nodes.extend(next_node for next_node, _ in node.next_functions)
