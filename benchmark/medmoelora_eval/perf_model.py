@@ -6,6 +6,8 @@
   i.e. the throughput ratio of ``--model medmoelora`` to ``--model hf`` on the same requests;
 - the floor: the FLOPs each adapter adds per token over the base model's, computed from the shapes,
   beside the measured overhead (measured / predicted);
+- the reference: PEFT's own LoRA at the `lora` preset's rank, alpha and modules (``peft_lora``), trained
+  and evaluated beside the methods, so that our plain LoRA's cost reads against the field's;
 - the path users run: lm-eval's own ``loglikelihood`` on the same requests through ``--model hf`` (HFLM on
   the base model) and ``--model medmoelora`` with each method's adapter (merged where the update is the
   same for every token), against a plain forward pass of the base model over the very batches HFLM
@@ -64,17 +66,47 @@ def adapter_flops_per_token(adapted: MoELoRAModel) -> float:
     return total
 
 
+PEFT_LORA = "peft_lora"  # the row of PEFT's own LoRA
+
+
+def peft_flops_per_token(model: torch.nn.Module) -> float:
+    """The same count for PEFT's LoRA layers: 2 r (d_in + d_out) per adapted module, forward, per token."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return sum(2.0 * rank * (m.in_features + m.out_features) for m in layers for rank in m.r.values())
+
+
+def load_peft_lora(model_dir: Path) -> torch.nn.Module:
+    """PEFT's LoRA on the base model, as the `lora` preset configures ours (rank, alpha, modules, dropout)."""
+    from peft import LoraConfig, get_peft_model
+
+    preset = AdapterConfig.from_preset("lora")
+    (rank,) = preset.ranks
+    alpha = preset.alphas[0] if preset.alphas else 2.0 * rank  # the preset's default: 2 * rank
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(preset.target_modules), lora_dropout=preset.dropout
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config)
+    _randomize_lora_B(model)
+    return model
+
+
+def _randomize_lora_B(model: torch.nn.Module) -> None:
+    """Non-zero B: an adapter that does something (timing does not depend on values)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and ("lora_B" in name or name.endswith("_B")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
+
+
 def load(model_dir: Path, method: str | None) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if method is None:
         return model.eval()
     adapted = inject_adapter(model, AdapterConfig.from_preset(method))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # non-zero B: an adapter that does something (timing does not depend on values)
-        for layer in adapted.adapter_layers().values():
-            for name, parameter in layer.adapter_params().items():
-                if name.endswith("_B"):
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
+    _randomize_lora_B(adapted)
     return adapted
 
 
@@ -88,8 +120,11 @@ def fixed_batch(vocab_size: int, adapted: torch.nn.Module) -> dict[str, torch.Te
     return batch
 
 
-def train_step(adapted: MoELoRAModel, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
-    optimizer = torch.optim.AdamW(adapted.parameter_groups(1e-4))
+def train_step(adapted: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+    if isinstance(adapted, MoELoRAModel):
+        optimizer = torch.optim.AdamW(adapted.parameter_groups(1e-4))
+    else:  # PEFT's LoRA: its trainable parameters
+        optimizer = torch.optim.AdamW([p for p in adapted.parameters() if p.requires_grad], lr=1e-4)
     adapted.train()
 
     def step() -> float:
@@ -249,10 +284,14 @@ def run_lm_eval(
 
 
 # ---- all of it -------------------------------------------------------------------------------------------
-def run(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup: int) -> pd.DataFrame:
-    """Training steps against LoRA's and forward passes against the base model's, with their FLOPs."""
+def run(
+    model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup: int, peft_lora: torch.nn.Module | None
+) -> pd.DataFrame:
+    """Training steps against LoRA's and forward passes against the base model's, with their FLOPs; PEFT's
+    LoRA (``peft_lora``, unless None) beside the methods as the reference."""
     base = load(model_dir, None)
     batch = fixed_batch(base.config.vocab_size, base)
+    adapted = {**adapted, PEFT_LORA: peft_lora} if peft_lora is not None else adapted
     batches = {method: fixed_batch(base.config.vocab_size, model) for method, model in adapted.items()}
     base_flops = linear_flops_per_token(base) + attention_flops_per_token(base.config, LENGTH)
     tokens = SEQUENCES * LENGTH
@@ -267,7 +306,8 @@ def run(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup:
     )
     rows = []
     for method, model in adapted.items():
-        predicted = adapter_flops_per_token(model) / base_flops
+        flops = adapter_flops_per_token(model) if isinstance(model, MoELoRAModel) else peft_flops_per_token(model)
+        predicted = flops / base_flops
         measured = median_ratio(evaluation, method, "base") - 1.0
         rows.append(
             {
@@ -278,7 +318,7 @@ def run(model_dir: Path, adapted: dict[str, MoELoRAModel], repeats: int, warmup:
                 "eval_forward_s": statistics.median(evaluation[method]),
                 "eval_tokens_per_s": tokens / statistics.median(evaluation[method]),
                 "eval_throughput_over_base": 1.0 / median_ratio(evaluation, method, "base"),
-                "adapter_gflops_per_token": adapter_flops_per_token(model) / 1e9,
+                "adapter_gflops_per_token": flops / 1e9,
                 "base_gflops_per_token": base_flops / 1e9,
                 "predicted_overhead": predicted,
                 "measured_overhead": measured,
@@ -312,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     adapted = {method: load(args.model, method) for method in METHODS}
     if args.out is not None:
-        table = run(args.model, adapted, args.repeats, args.warmup)
+        table = run(args.model, adapted, args.repeats, args.warmup, load_peft_lora(args.model))
         atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
         print(f"wrote {args.out}")
     if args.lm_eval_out is not None:

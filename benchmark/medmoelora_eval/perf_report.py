@@ -40,6 +40,10 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("fused vs loop at N = 8, adapter path alone (speed-up)", "layer:adapter", ">=", 2.0),
     ("make table1 wall time after / before the performance work, table1.csv unchanged", "dag:table1", "<=", 0.5),
     ("top-k: dense / grouped path, fwd + bwd, best shape measured (> 1: a crossover exists)", "top_k:best", "", None),
+    # The reference, PEFT's own LoRA: what one GEMM pair costs in the field's implementation
+    ("fused layer / PEFT's LoRA at the same total rank, N = 8, whole layer (1: one GEMM pair)", "layer:peft", "", None),
+    ("PEFT's LoRA: measured / FLOP-predicted forward overhead (unmerged)", "flops:peft_lora", "", None),
+    ("PEFT's LoRA training step / lora's (ours)", "train:peft_lora", "", None),
     ("--model hf request phase / plain forward of its batches (the machine's limit)", "floor:hf", "", None),
     ("med_moe_lora request phase / plain forward of the base model's batches", "floor:med_moe_lora", "", None),
     # --model medmoelora scores with the LM head at the continuation's positions only; HFLM at every position.
@@ -69,6 +73,8 @@ def measured_values(
         "layer:whole": at_eight.loop_over_fused.median(),
         "layer:adapter": at_eight.adapter_loop_over_fused.median(),
     }
+    if "fused_over_peft" in at_eight.columns:
+        values["layer:peft"] = at_eight.fused_over_peft.median()
     for method in by_method.index:
         values[f"flops:{method}"] = by_method.loc[method, "measured_over_predicted"]
         values[f"train:{method}"] = by_method.loc[method, "train_step_over_lora"]

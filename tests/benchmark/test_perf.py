@@ -43,6 +43,14 @@ def test_adapter_flops_follow_the_shapes():
     assert perf_model.linear_flops_per_token(base) == 2 * linear
 
 
+def test_peft_reference_is_the_lora_preset_in_peft(tiny_model_dir):
+    peft_lora, ours = perf_model.load_peft_lora(tiny_model_dir), perf_model.load(tiny_model_dir, "lora")
+    assert perf_model.peft_flops_per_token(peft_lora) == perf_model.adapter_flops_per_token(ours)
+    table = perf_model.run(tiny_model_dir, {"lora": ours}, repeats=1, warmup=0, peft_lora=peft_lora)
+    assert list(table.method) == ["lora", perf_model.PEFT_LORA]
+    assert (table[["train_step_over_lora", "predicted_overhead", "eval_forward_s"]] > 0).all().all()
+
+
 def test_layer_benchmark_writes_paired_ratios(monkeypatch, tmp_path):
     monkeypatch.setattr(perf_layer, "SHAPES", ((16, 24),))
     monkeypatch.setattr(perf_layer, "NUM_EXPERTS", (1, 8))
@@ -56,12 +64,19 @@ def test_layer_benchmark_writes_paired_ratios(monkeypatch, tmp_path):
 
 def ratios(train: float = 1.1, med_moe_lm: float = 0.95, lora_flops: float = 1.2) -> tuple[pd.DataFrame, ...]:
     """A layer, model and lm-eval table as the benchmarks write them, every target met unless told."""
-    layer = pd.DataFrame({"num_experts": [8, 8], "loop_over_fused": [2.5, 3.0], "adapter_loop_over_fused": [4, 5]})
+    layer = pd.DataFrame(
+        {
+            "num_experts": [8, 8],
+            "loop_over_fused": [2.5, 3.0],
+            "adapter_loop_over_fused": [4, 5],
+            "fused_over_peft": [1.0, 1.02],
+        }
+    )
     model = pd.DataFrame(
         {
-            "method": list(METHODS),
-            "train_step_over_lora": [1.0, 1.0, 1.1, train],
-            "measured_over_predicted": [lora_flops, 1.0, 1.1, 1.2],
+            "method": [*METHODS, perf_model.PEFT_LORA],
+            "train_step_over_lora": [1.0, 1.0, 1.1, train, 1.3],
+            "measured_over_predicted": [lora_flops, 1.0, 1.1, 1.2, 4.0],
         }
     )
     lm_eval = pd.DataFrame(
@@ -88,8 +103,9 @@ def test_report_checks_each_target(changes, missed):
     targets = perf_report.summarize(*ratios(**changes)).set_index("target")
     assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "measured"] == 2.75
     bounded = targets[targets.bound != ""]
-    # reported, not bounded: the two floor rows, the scored-logits loop's saving and each adapter's own cost
-    assert len(bounded) == len(targets) - 3 - len(METHODS)
+    # reported, not bounded: PEFT's LoRA beside ours (layer, forward overhead, training step), the two floor
+    # rows, the scored-logits loop's saving and each adapter's own cost
+    assert len(bounded) == len(targets) - 6 - len(METHODS)
     assert [name for name, met in bounded.met.items() if not met] == ([missed] if missed else [])
     assert (
         targets.loc["--model hf request phase / plain forward of its batches (the machine's limit)", "measured"] == 0.9
@@ -97,6 +113,10 @@ def test_report_checks_each_target(changes, missed):
     saving = "base model: scored-logits request loop / --model hf throughput (what that loop saves)"
     own_cost = "med_moe_lora: --model medmoelora / the base in the same scored-logits loop (the adapter's own cost)"
     assert targets.loc[saving, "measured"] == 1.2 and targets.loc[own_cost, "measured"] == 0.77
+    assert targets.loc["PEFT's LoRA: measured / FLOP-predicted forward overhead (unmerged)", "measured"] == 4.0
+    assert targets.loc["PEFT's LoRA training step / lora's (ours)", "measured"] == 1.3
+    one_gemm_pair = "fused layer / PEFT's LoRA at the same total rank, N = 8, whole layer (1: one GEMM pair)"
+    assert targets.loc[one_gemm_pair, "measured"] == 1.01
 
 
 TABLE1_TARGET = "make table1 wall time after / before the performance work, table1.csv unchanged"
@@ -125,7 +145,7 @@ def test_readme_table_is_rewritten_between_its_markers():
     assert "old table" not in written
     cells = [line.strip()[1:-1].split("|")[-1].strip() for line in written.splitlines() if line.startswith("| ")]
     # the header, then one per target; the reported figures have no verdict
-    assert cells == ["met", *["met"] * 7, "missed", "met", "met", "", "", "", *[""] * len(METHODS)]
+    assert cells == ["met", *["met"] * 7, "missed", "met", "met", "", "", "", "", "", "", *[""] * len(METHODS)]
     assert "| med_moe_lora training step / lora's" in written
     with pytest.raises(UserError, match="no perf-targets markers"):
         perf_report.readme_with_targets("# no markers\n", targets)
