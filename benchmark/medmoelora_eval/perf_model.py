@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -171,6 +172,26 @@ def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
 
 
+def paired_ratios(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """time(a) / time(b) of each repetition (each pair measured back to back)."""
+    return [x / y for x, y in zip(samples[a], samples[b], strict=True)]
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of ``values``: order statistics x_(k) and x_(n+1-k), with
+    the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) < k) is at least ``confidence`` (k = 1, the range,
+    where no k reaches it: then the coverage is lower, and returned). Returns (low, high, coverage)."""
+    ordered, n = sorted(values), len(values)
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
 # ---- the path users run: lm-eval's loglikelihood --------------------------------------------------------
 def synthetic_requests(count: int = REQUESTS) -> list[Any]:
     """PubMedQA-shaped loglikelihood requests (a context of 120-200 words, " yes" / " no" / " maybe"), made
@@ -259,6 +280,7 @@ def run_lm_eval(
     rows = []
     for path in timers:
         seconds = statistics.median(samples[path])
+        time_low, time_high, coverage = median_interval(paired_ratios(samples, path, "hf"))  # time / --model hf's
         rows.append(
             {
                 "path": path,
@@ -268,6 +290,9 @@ def run_lm_eval(
                 "seconds": seconds,
                 "tokens_per_s": tokens / seconds,
                 "throughput_over_hf": 1.0 / median_ratio(samples, path, "hf"),
+                "throughput_over_hf_low": 1.0 / time_high,
+                "throughput_over_hf_high": 1.0 / time_low,
+                "interval_coverage": coverage,
                 "throughput_over_floor": 1.0 / median_ratio(samples, path, "floor"),
                 "throughput_over_hf_scored": 1.0 / median_ratio(samples, path, "hf_scored"),
                 "repeats": repeats,
@@ -309,12 +334,20 @@ def run(
         flops = adapter_flops_per_token(model) if isinstance(model, MoELoRAModel) else peft_flops_per_token(model)
         predicted = flops / base_flops
         measured = median_ratio(evaluation, method, "base") - 1.0
+        # per repetition, (forward / base - 1) / predicted: its median is measured / predicted, as the order
+        # statistics of a monotone transform are the transformed order statistics
+        overhead_low, overhead_high, coverage = median_interval(
+            [(ratio - 1.0) / predicted for ratio in paired_ratios(evaluation, method, "base")]
+        )
+        train_low, train_high, _ = median_interval(paired_ratios(train, method, "lora"))
         rows.append(
             {
                 "method": method,
                 "train_step_s": statistics.median(train[method]),
                 "train_tokens_per_s": tokens / statistics.median(train[method]),
                 "train_step_over_lora": median_ratio(train, method, "lora"),
+                "train_step_over_lora_low": train_low,
+                "train_step_over_lora_high": train_high,
                 "eval_forward_s": statistics.median(evaluation[method]),
                 "eval_tokens_per_s": tokens / statistics.median(evaluation[method]),
                 "eval_throughput_over_base": 1.0 / median_ratio(evaluation, method, "base"),
@@ -323,6 +356,9 @@ def run(
                 "predicted_overhead": predicted,
                 "measured_overhead": measured,
                 "measured_over_predicted": measured / predicted if predicted > 0 else float("nan"),
+                "measured_over_predicted_low": overhead_low,
+                "measured_over_predicted_high": overhead_high,
+                "interval_coverage": coverage,  # of every _low / _high pair: the median's, over the repetitions
                 "repeats": repeats,
             }
         )
@@ -342,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="CSV to write: training steps and forward passes")
     parser.add_argument("--lm-eval-out", type=Path, help="CSV to write: lm-eval loglikelihood and the floor")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="lm-eval requests per loglikelihood call")
-    parser.add_argument("--repeats", type=int, default=5, help="paired repetitions (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=9, help="paired repetitions (median reported, with its 96%% interval at 9)"
+    )
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file():

@@ -75,11 +75,18 @@ def measured_values(
     }
     if "fused_over_peft" in at_eight.columns:
         values["layer:peft"] = at_eight.fused_over_peft.median()
-    for method in by_method.index:
-        values[f"flops:{method}"] = by_method.loc[method, "measured_over_predicted"]
-        values[f"train:{method}"] = by_method.loc[method, "train_step_over_lora"]
-    for path in by_path.index:
-        values[f"lm:{path}"] = by_path.loc[path, "throughput_over_hf"]
+
+    def with_interval(key: str, row: pd.Series, column: str) -> None:
+        """The median and, where the benchmark wrote one (files of revisions before it have none), its interval."""
+        values[key] = row[column]
+        if f"{column}_low" in row.index:
+            values[f"{key}:low"], values[f"{key}:high"] = row[f"{column}_low"], row[f"{column}_high"]
+
+    for method, row in by_method.iterrows():
+        with_interval(f"flops:{method}", row, "measured_over_predicted")
+        with_interval(f"train:{method}", row, "train_step_over_lora")
+    for path, row in by_path.iterrows():
+        with_interval(f"lm:{path}", row, "throughput_over_hf")
         values[f"floor:{path}"] = by_path.loc[path, "throughput_over_floor"]
         if "throughput_over_hf_scored" in by_path.columns:  # absent from files of revisions before it
             values[f"lm_scored:{path}"] = by_path.loc[path, "throughput_over_hf_scored"]
@@ -100,9 +107,15 @@ def summarize(
     table1_wall: pd.DataFrame | None = None,
     top_k: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per target: the measured ratio, the bound, and whether it is met ('' for a reported figure).
+    """One row per target: the measured ratio, its interval where it has one, the bound, and the verdict
+    ('' for a reported figure).
 
-    Without ``table1_wall`` (perf_table1's CSV) or ``top_k`` (perf_layer's) their rows are left out.
+    The verdict rule: a median over paired repetitions comes with a distribution-free interval (perf_model's
+    `median_interval`, 96% at 9 repetitions); the target is met when the whole interval is within the bound,
+    missed when the whole interval is outside it, and "unresolved" when the interval straddles it (the run
+    cannot tell). A figure without an interval (the layer's median over shapes, make table1's one pair of
+    runs) is judged on its value. Without ``table1_wall`` (perf_table1's CSV) or ``top_k`` (perf_layer's)
+    their rows are left out.
     """
     measured = measured_values(layer, model, lm_eval, table1_wall, top_k)
     rows = []
@@ -110,13 +123,34 @@ def summarize(
         if key not in measured:
             continue
         value = float(measured[key])
-        if bound is None:
-            rows.append({"target": what, "measured": round(value, 3), "bound": "", "met": ""})
-            continue
-        met = value >= bound if comparison == ">=" else value <= bound
-        met = met and measured.get(f"{key}:unchanged", True)
-        rows.append({"target": what, "measured": round(value, 3), "bound": f"{comparison} {bound}", "met": met})
+        low, high = measured.get(f"{key}:low"), measured.get(f"{key}:high")
+        interval = "" if low is None else f"{low:.3f}-{high:.3f}"
+        row = {"target": what, "measured": round(value, 3), "interval": interval, "bound": "", "met": ""}
+        if bound is not None:
+            met = verdict(value, low, high, comparison, bound)
+            if met is True and not measured.get(f"{key}:unchanged", True):
+                met = False
+            row.update(bound=f"{comparison} {bound}", met=met)
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+UNRESOLVED = "unresolved"  # the interval straddles the bound
+
+
+def verdict(value: float, low: float | None, high: float | None, comparison: str, bound: float) -> bool | str:
+    """True (met), False (missed) or UNRESOLVED: on the interval where there is one, else on the value."""
+
+    def within(x: float) -> bool:
+        return x >= bound if comparison == ">=" else x <= bound
+
+    if low is None or high is None:
+        return within(value)
+    if within(low) and within(high):
+        return True
+    if not within(low) and not within(high):
+        return False
+    return UNRESOLVED
 
 
 def figure(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame, path: Path) -> None:
@@ -203,7 +237,7 @@ def readme_with_targets(readme: str, targets: pd.DataFrame) -> str:
     """``readme`` with the table between the perf-targets markers replaced by ``targets``."""
     if START not in readme or END not in readme:
         raise UserError(f"the README has no perf-targets markers ({START} ... {END}) to write the table between")
-    shown = targets.assign(met=targets.met.map({True: "met", False: "missed"}).fillna(""))
+    shown = targets.assign(met=[{True: "met", False: "missed"}.get(met, met) for met in targets.met])
     table = shown.to_markdown(index=False, floatfmt=".3f")
     head, rest = readme.split(START, 1)
     return f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}"

@@ -137,6 +137,30 @@ def test_table1_wall_time_target_needs_half_the_time_and_the_same_table(after_ov
     assert TABLE1_TARGET not in perf_report.summarize(*ratios()).target.values  # not measured: no row
 
 
+def test_median_interval_takes_the_order_statistics_that_cover_the_median():
+    low, high, coverage = perf_model.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5])
+    assert (low, high) == (2, 8) and coverage == pytest.approx(1 - 2 * (1 + 9) / 2**9)  # 0.961
+    low, high, coverage = perf_model.median_interval([3, 1, 2, 5, 4])  # no k reaches 95% with 5: the range
+    assert (low, high) == (1, 5) and coverage == pytest.approx(1 - 2 / 2**5)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "shown"), [(1.0, 1.25, "met"), (1.1, 1.5, "unresolved"), (1.31, 1.5, "missed")]
+)
+def test_a_median_with_an_interval_is_judged_on_the_whole_interval(low, high, shown):
+    layer, model, lm_eval = ratios(lora_flops=1.2)
+    model["measured_over_predicted_low"] = [low, 0.9, 1.0, 1.1, 3.0]
+    model["measured_over_predicted_high"] = [high, 1.1, 1.2, 1.25, 5.0]
+    targets = perf_report.summarize(layer, model, lm_eval).set_index("target")
+    row = targets.loc["lora: measured / FLOP-predicted forward overhead (unmerged)"]
+    assert row.interval == f"{low:.3f}-{high:.3f}"
+    written = perf_report.readme_with_targets(f"{perf_report.START}\n{perf_report.END}\n", targets.reset_index())
+    line = next(line for line in written.splitlines() if line.startswith("| lora: measured / FLOP"))
+    assert line.rstrip(" |").endswith(shown)
+    # without an interval (the layer's median over shapes) the value decides
+    assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "interval"] == ""
+
+
 def test_readme_table_is_rewritten_between_its_markers():
     targets = perf_report.summarize(*ratios(train=1.25))
     readme = f"# T\n\nbefore\n{perf_report.START}\nold table\n{perf_report.END}\nafter\n"
