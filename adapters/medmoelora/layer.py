@@ -92,7 +92,9 @@ class MoELoRALinear(nn.Module):
     rank slots and the router logits together. Where the caller has said the weights are frozen
     (`MoELoRAModel.cache_fused_weights`, as ``--model medmoelora`` does), forwards without grad build
     the concatenated weights once instead of every forward. Where the update is the same for every token
-    (routing ``none``, or ``task`` with one task for the whole forward), `merge` folds it into W0.
+    (routing ``none``, or ``task`` with one task for the whole forward), `merge` folds it into W0. The
+    update is added into W0 x's own output buffer (``addmm_``), so an adapted layer allocates no output
+    of its own.
     """
 
     def __init__(
