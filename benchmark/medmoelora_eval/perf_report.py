@@ -174,19 +174,44 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame, path
     left.set_xticks(sorted(layer.num_experts.unique()), labels=[str(n) for n in sorted(layer.num_experts.unique())])
     left.legend(fontsize=7)
     positions = range(len(model))
-    throughput = lm_eval.set_index("path").throughput_over_hf.reindex(model.method)  # same order as the bars
-    right.bar([p - 0.2 for p in positions], model.train_step_over_lora, width=0.4, label="train step / LoRA's")
-    right.bar([p + 0.2 for p in positions], throughput, width=0.4, label="lm-eval throughput / --model hf")
+    by_path = lm_eval.set_index("path").reindex(model.method)  # same order as the bars
+    train_error = _error_bars(model, "train_step_over_lora")
+    throughput_error = _error_bars(by_path, "throughput_over_hf")
+    right.bar(
+        [p - 0.2 for p in positions],
+        model.train_step_over_lora,
+        width=0.4,
+        yerr=train_error,
+        capsize=3,
+        label="train step / LoRA's",
+    )
+    right.bar(
+        [p + 0.2 for p in positions],
+        by_path.throughput_over_hf,
+        width=0.4,
+        yerr=throughput_error,
+        capsize=3,
+        label="lm-eval throughput / --model hf",
+    )
     right.axhline(1.2, color="C0", linewidth=0.8, linestyle=":")
     right.axhline(0.92, color="C1", linewidth=0.8, linestyle=":")
     right.axhline(0.98, color="C1", linewidth=0.8, linestyle="--")
-    right.set_xticks(list(positions), labels=list(model.method))
-    right.set(ylabel="ratio", title="End to end (dotted/dashed: targets)")
+    right.set_xticks(list(positions), labels=list(model.method), rotation=20)
+    right.set(ylabel="ratio", title="End to end (bars: 96% interval; dotted/dashed: targets)")
     right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def _error_bars(table: pd.DataFrame, column: str) -> list[list[float]] | None:
+    """matplotlib's yerr (distances below and above) from ``column``'s _low / _high interval; None without one."""
+    if f"{column}_low" not in table.columns:
+        return None
+    below = (table[column] - table[f"{column}_low"]).fillna(0.0).clip(lower=0.0)
+    above = (table[f"{column}_high"] - table[column]).fillna(0.0).clip(lower=0.0)
+    return [below.tolist(), above.tolist()]
 
 
 @command_main

@@ -161,6 +161,15 @@ def test_a_median_with_an_interval_is_judged_on_the_whole_interval(low, high, sh
     assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "interval"] == ""
 
 
+def test_figure_error_bars_are_the_intervals_distances_from_the_median():
+    table = pd.DataFrame(
+        {"ratio": [1.0, 2.0, float("nan")], "ratio_low": [0.9, 1.5, None], "ratio_high": [1.2, 2.0, None]}
+    )
+    below, above = perf_report._error_bars(table, "ratio")
+    assert below == pytest.approx([0.1, 0.5, 0.0]) and above == pytest.approx([0.2, 0.0, 0.0])
+    assert perf_report._error_bars(table.drop(columns=["ratio_low", "ratio_high"]), "ratio") is None
+
+
 def test_readme_table_is_rewritten_between_its_markers():
     targets = perf_report.summarize(*ratios(train=1.25))
     readme = f"# T\n\nbefore\n{perf_report.START}\nold table\n{perf_report.END}\nafter\n"
