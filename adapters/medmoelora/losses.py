@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from medmoelora.layer import MoELoRALinear
 
@@ -53,29 +54,31 @@ class LossWeights:
 
 
 def switch_balance_loss(probs: torch.Tensor) -> torch.Tensor:
-    """probs: (tokens, N) router probabilities -> scalar N * sum_i f_i * P_i."""
+    """probs: (..., tokens, N) router probabilities -> (...) N * sum_i f_i * P_i: a scalar for one site's
+    (tokens, N), one value per site for sites stacked as (sites, tokens, N)."""
     num_experts = probs.shape[-1]
-    top1_share = torch.bincount(probs.argmax(-1), minlength=num_experts).to(probs.dtype) / probs.shape[0]  # (N,)
-    mean_prob = probs.mean(0)  # (N,)
-    return num_experts * (top1_share * mean_prob).sum()
+    top1_share = F.one_hot(probs.argmax(-1), num_experts).to(probs.dtype).mean(-2)  # (..., N)
+    mean_prob = probs.mean(-2)  # (..., N)
+    return num_experts * (top1_share * mean_prob).sum(-1)
 
 
 def preservation_loss(probs: torch.Tensor, domains: torch.Tensor, num_base_experts: int, delta: float) -> torch.Tensor:
-    """probs: (tokens, N); domains: (tokens,) with 0 general, 1 medical -> scalar (see module doc)."""
+    """probs: (..., tokens, N); domains: (tokens,) with 0 general, 1 medical -> (...) (see module doc): a
+    scalar for one site, one value per site for stacked sites."""
     num_experts = probs.shape[-1]
     is_base = torch.arange(num_experts, device=probs.device) < num_base_experts  # (N,)
     row_losses = []
     for domain in (0, 1):
-        selected = probs[domains == domain]  # (tokens_d, N)
-        if selected.shape[0] == 0:
+        selected = probs[..., domains == domain, :]  # (..., tokens_d, N)
+        if selected.shape[-2] == 0:
             continue
         matched = is_base if domain == 0 else ~is_base  # (N,)
         coefficient = torch.where(matched, 1.0 + delta, 1.0 - delta).to(probs.dtype)  # (N,)
-        z = selected.mean(0) / coefficient  # (N,)
-        row_losses.append(z.var(correction=0) / z.mean() ** 2)
+        z = selected.mean(-2) / coefficient  # (..., N)
+        row_losses.append(z.var(dim=-1, correction=0) / z.mean(-1) ** 2)  # (...)
     if not row_losses:
-        return probs.new_zeros(())
-    return torch.stack(row_losses).mean()
+        return probs.new_zeros(probs.shape[:-2])
+    return torch.stack(row_losses).mean(0)
 
 
 def base_l2_loss(layer: MoELoRALinear) -> torch.Tensor:
@@ -98,27 +101,34 @@ def aux_losses(
     """
     balance, preservation, base_l2 = [], [], []
     with_domains = all(domains is not None for domains in domain_labels)
+    # Sites with the same expert count see the same tokens: stacked, each loss is a few batched ops for all
+    # of them, where site by site it was some thirty small ops a site (a few percent of a training step).
+    sites_by_shape: dict[tuple[int, int, torch.device], list[MoELoRALinear]] = {}
     for layer in layers:
         if layer.base_B is not None:
             base_l2.append(base_l2_loss(layer))
-        if not layer.kept_router_probs or layer.num_experts < 2:
-            continue
+        if layer.kept_router_probs and layer.num_experts >= 2:
+            shape = (layer.num_experts, layer.num_base_experts, layer.router.weight.device)
+            sites_by_shape.setdefault(shape, []).append(layer)
+    for (num_experts, num_base_experts, _), sites in sites_by_shape.items():
         kept, kept_domains = [], []
         # strict: a forward without its mask and labels (or one kept twice) is an error, not a silent mix-up
-        for probs, mask, domains in zip(layer.kept_router_probs, token_masks, domain_labels, strict=True):
-            batch, length, num_experts = probs.shape  # (B, T, N)
+        per_forward = zip(*(site.kept_router_probs for site in sites), strict=True)
+        for site_probs, mask, domains in zip(per_forward, token_masks, domain_labels, strict=True):
+            probs = torch.stack(site_probs)  # (S, B, T, N)
+            _, batch, length, _ = probs.shape
             keep = torch.ones(batch * length, dtype=torch.bool, device=probs.device)
             if mask is not None and mask.numel() == batch * length:  # not during cached decoding
                 keep = mask.reshape(-1).to(device=probs.device, dtype=torch.bool)
-            kept.append(probs.reshape(-1, num_experts)[keep])  # (real tokens, N)
+            kept.append(probs.reshape(len(sites), batch * length, num_experts)[:, keep])  # (S, real tokens, N)
             if with_domains:
                 token_domains = domains.to(probs.device).view(batch, 1).expand(batch, length).reshape(-1)  # (B*T,)
                 kept_domains.append(token_domains[keep])
-        flat = kept[0] if len(kept) == 1 else torch.cat(kept)  # (tokens, N)
-        balance.append(switch_balance_loss(flat))
-        if with_domains and layer.num_base_experts > 0:
+        flat = kept[0] if len(kept) == 1 else torch.cat(kept, dim=1)  # (S, tokens, N)
+        balance.append(switch_balance_loss(flat))  # (S,)
+        if with_domains and num_base_experts > 0:
             domains = kept_domains[0] if len(kept_domains) == 1 else torch.cat(kept_domains)  # (tokens,)
-            preservation.append(preservation_loss(flat, domains, layer.num_base_experts, delta))
+            preservation.append(preservation_loss(flat, domains, num_base_experts, delta))  # (S,)
     return {
         "balance": _mean(balance),
         "preservation": _mean(preservation),
@@ -127,4 +137,5 @@ def aux_losses(
 
 
 def _mean(values: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(values).mean() if values else torch.zeros(())
+    """The mean over sites of per-site values, given as scalars or as one (S,) tensor per group of sites."""
+    return torch.cat([value.reshape(-1) for value in values]).mean() if values else torch.zeros(())

@@ -68,3 +68,16 @@ def test_gradients_of_the_aux_losses_reach_router_and_temperature(batch):
     for layer in adapted.adapter_layers().values():
         assert layer.router.weight.grad.abs().sum() > 0
         assert layer.log_temperature.grad is not None and layer.log_temperature.grad != 0
+
+
+def test_stacked_sites_give_each_sites_own_losses():
+    """aux_losses stacks the sites of one expert count: (sites, tokens, N) gives one value per site."""
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(5, 11, 4, generator=generator), dim=-1)  # 5 sites, 11 tokens, 4 experts
+    domains = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0])
+    balance, preservation = switch_balance_loss(probs), preservation_loss(probs, domains, 1, 0.3)
+    assert balance.shape == preservation.shape == (5,)
+    for site in range(5):
+        torch.testing.assert_close(balance[site], switch_balance_loss(probs[site]))
+        torch.testing.assert_close(preservation[site], preservation_loss(probs[site], domains, 1, 0.3))
+        assert switch_balance_loss(probs[site]).shape == ()
