@@ -124,7 +124,7 @@ def summarize(
             continue
         value = float(measured[key])
         low, high = measured.get(f"{key}:low"), measured.get(f"{key}:high")
-        interval = "" if low is None else f"{low:.3f}-{high:.3f}"
+        interval = "" if low is None else f"[{low:.3f}, {high:.3f}]"
         row = {"target": what, "measured": round(value, 3), "interval": interval, "bound": "", "met": ""}
         if bound is not None:
             met = verdict(value, low, high, comparison, bound)

@@ -153,7 +153,7 @@ def test_a_median_with_an_interval_is_judged_on_the_whole_interval(low, high, sh
     model["measured_over_predicted_high"] = [high, 1.1, 1.2, 1.25, 5.0]
     targets = perf_report.summarize(layer, model, lm_eval).set_index("target")
     row = targets.loc["lora: measured / FLOP-predicted forward overhead (unmerged)"]
-    assert row.interval == f"{low:.3f}-{high:.3f}"
+    assert row.interval == f"[{low:.3f}, {high:.3f}]"
     written = perf_report.readme_with_targets(f"{perf_report.START}\n{perf_report.END}\n", targets.reset_index())
     line = next(line for line in written.splitlines() if line.startswith("| lora: measured / FLOP"))
     assert line.rstrip(" |").endswith(shown)
