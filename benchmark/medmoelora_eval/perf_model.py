@@ -383,6 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
+    for flag, value, least in (
+        ("--repeats", args.repeats, 1),
+        ("--warmup", args.warmup, 0),
+        ("--requests", args.requests, 1),
+    ):
+        if value < least:
+            raise UserError(f"{flag} {value}: give at least {least}")
     if not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
     if args.out is None and args.lm_eval_out is None:

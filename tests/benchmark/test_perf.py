@@ -255,3 +255,16 @@ def test_paired_repetitions_rotate_the_order_of_the_timers():
     samples = perf_model.paired({name: timer(name) for name in "abc"}, repeats=3, warmup=0)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert samples == {name: [1.0, 1.0, 1.0] for name in "abc"}
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--requests"])
+def test_model_benchmark_refuses_no_repetitions_in_one_line(flag, tmp_path, capsys):
+    out = tmp_path / "model.csv"
+    assert perf_model.main(["--model", str(tmp_path), "--out", str(out), flag, "0"]) == 2
+    assert f"{flag} 0: give at least 1" in capsys.readouterr().err and not out.exists()
+
+
+def test_layer_benchmark_refuses_no_repetitions_in_one_line(tmp_path, capsys):
+    out = tmp_path / "layer.csv"
+    assert perf_layer.main(["--out", str(out), "--repeats", "0"]) == 2
+    assert "--repeats 0" in capsys.readouterr().err and not out.exists()
