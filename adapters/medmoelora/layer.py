@@ -418,9 +418,9 @@ class MoELoRALinear(nn.Module):
 
 
 # Where the grouped top-k path is faster than the dense one: on a CPU, once the rank slots that dense top-k
-# computes and then zeroes, (N - k) x mean rank, reach this many. Measured on 2 idle cores in three make perf
-# runs (results/perf/top_k.csv; 576 -> 1536, 2048 tokens, forward + backward, dense / grouped): 1.32-1.34x at
-# N = 8, k = 1, rank 32 (224 slots), 1.57-1.67x and 1.38-1.43x at N = 16, rank 32 (480, 448); 0.99-1.11x at
+# computes and then zeroes, (N - k) x mean rank, reach this many. Measured on 2 idle cores in four make perf
+# runs (results/perf/top_k.csv; 576 -> 1536, 2048 tokens, forward + backward, dense / grouped): 1.21-1.34x at
+# N = 8, k = 1, rank 32 (224 slots), 1.57-1.70x and 1.38-1.43x at N = 16, rank 32 (480, 448); 0.99-1.11x at
 # N = 8, k = 2, rank 32 (192), 0.70-1.08x at every shape below. On a GPU it was not measured: dense there.
 GROUPED_TOP_K_MIN_SKIPPED_SLOTS = 200
 
