@@ -168,13 +168,13 @@ def paired(timers: dict[str, Callable[[], float]], repeats: int, warmup: int) ->
     return samples
 
 
-def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
-    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
-
-
 def paired_ratios(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
     """time(a) / time(b) of each repetition (each pair measured back to back)."""
     return [x / y for x, y in zip(samples[a], samples[b], strict=True)]
+
+
+def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    return statistics.median(paired_ratios(samples, a, b))
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
