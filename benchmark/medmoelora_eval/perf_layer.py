@@ -2,8 +2,9 @@
 
 Forward + backward of one adapted linear layer (base included, input requiring grad as inside a model),
 fp32, 2048 tokens, at SmolLM2-135M's shapes. The implementations and the frozen base layer alone are
-timed side by side in each repetition (interleaved); each reported ratio is the median over repetitions
-of the paired ratio, for the whole layer and for the adapter path alone (layer minus base).
+timed side by side in each repetition (interleaved, `timing.paired`); each reported ratio is the median over
+repetitions of the paired ratio, with its distribution-free interval (`timing.median_interval`: 96% at the
+default 9 repetitions), for the whole layer and for the adapter path alone (layer minus base).
 
 With ``--top-k-out``, also top-k routing's two paths side by side: the dense fused matmul pair (every
 expert's rank slots computed, the unchosen ones zeroed) and tokens grouped by expert (only the chosen
@@ -28,6 +29,7 @@ from torch import nn
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 from medmoelora.layer import MoELoRALinear, RoutingContext
+from medmoelora_eval.timing import each_from_text, median_interval, paired, paired_ratios, pooled_median
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
 NUM_EXPERTS = (1, 2, 4, 8, 16)
@@ -97,19 +99,25 @@ def step_timer(layer: nn.Module, d_in: int, d_out: int) -> Callable[[], float]:
     return step
 
 
-def _paired_ratio(samples: dict[str, list[float]]) -> Callable[[str, str], float]:
-    """Median over repetitions of time(a) / time(b), each pair measured back to back."""
-
-    def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
-
-    return ratio
-
-
-def _paired_adapter_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
-    """The same for the adapter path alone: (time(a) - time(base)) / (time(b) - time(base)) per repetition."""
+def adapter_ratios(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """The adapter path alone: (time(a) - time(base)) / (time(b) - time(base)) of each repetition."""
     pairs = zip(samples[a], samples[b], samples["base"], strict=True)
-    return statistics.median((x - base) / max(y - base, 1e-9) for x, y, base in pairs)
+    return [(x - base) / max(y - base, 1e-9) for x, y, base in pairs]
+
+
+def ratio_columns(name: str, ratios: list[float]) -> dict[str, float | str]:
+    """``name``: the median of the per-repetition ``ratios``; ``name``_low / _high: its interval
+    (`timing.median_interval`), whose coverage (``interval_coverage``) depends on the repetitions alone;
+    ``name``_each: the ratios themselves, space-separated, so that perf_report can pool repetitions across
+    shapes."""
+    low, high, coverage = median_interval(ratios)
+    return {
+        name: statistics.median(ratios),
+        f"{name}_low": low,
+        f"{name}_high": high,
+        f"{name}_each": " ".join(f"{ratio:.4f}" for ratio in ratios),
+        "interval_coverage": coverage,
+    }
 
 
 def run(repeats: int, warmup: int, experts: tuple[int, ...] = NUM_EXPERTS) -> pd.DataFrame:
@@ -121,14 +129,7 @@ def run(repeats: int, warmup: int, experts: tuple[int, ...] = NUM_EXPERTS) -> pd
                     kind: step_timer(build(kind, d_in, d_out, num_experts, rank), d_in, d_out)
                     for kind in ("base", "fused", "loop", "peft")
                 }
-                for _ in range(warmup):
-                    for timer in timers.values():
-                        timer()
-                samples: dict[str, list[float]] = {kind: [] for kind in timers}
-                for _ in range(repeats):
-                    for kind, timer in timers.items():  # interleaved: paired measurements
-                        samples[kind].append(timer())
-                paired = _paired_ratio(samples)
+                samples = paired(timers, repeats, warmup)
                 rows.append(
                     {
                         "d_in": d_in,
@@ -140,9 +141,9 @@ def run(repeats: int, warmup: int, experts: tuple[int, ...] = NUM_EXPERTS) -> pd
                         "loop_ms": 1e3 * statistics.median(samples["loop"]),
                         "peft_ms": 1e3 * statistics.median(samples["peft"]),
                         "base_ms": 1e3 * statistics.median(samples["base"]),
-                        "loop_over_fused": paired("loop", "fused"),
-                        "adapter_loop_over_fused": _paired_adapter_ratio(samples, "loop", "fused"),
-                        "fused_over_peft": paired("fused", "peft"),
+                        **ratio_columns("loop_over_fused", paired_ratios(samples, "loop", "fused")),
+                        **ratio_columns("adapter_loop_over_fused", adapter_ratios(samples, "loop", "fused")),
+                        **ratio_columns("fused_over_peft", paired_ratios(samples, "fused", "peft")),
                         "repeats": repeats,
                     }
                 )
@@ -199,19 +200,13 @@ def run_top_k(repeats: int, warmup: int) -> pd.DataFrame:
                 **{f"{path}_forward": forward_timer(layer, d_in) for path, layer in layers.items()},
                 **{f"{path}_train": step_timer(layer, d_in, d_out) for path, layer in layers.items()},
             }
-            for _ in range(warmup):
-                for timer in timers.values():
-                    timer()
-            samples: dict[str, list[float]] = {name: [] for name in timers}
-            for _ in range(repeats):
-                for name, timer in timers.items():  # interleaved: paired measurements
-                    samples[name].append(timer())
-            paired = _paired_ratio(samples)
+            samples = paired(timers, repeats, warmup)
             row = {"d_in": d_in, "d_out": d_out, "num_experts": num_experts, "top_k": top_k, "rank": rank}
             for phase in ("forward", "train"):
                 row[f"dense_{phase}_ms"] = 1e3 * statistics.median(samples[f"dense_{phase}"])
                 row[f"grouped_{phase}_ms"] = 1e3 * statistics.median(samples[f"grouped_{phase}"])
-                row[f"dense_over_grouped_{phase}"] = paired(f"dense_{phase}", f"grouped_{phase}")
+                ratios = paired_ratios(samples, f"dense_{phase}", f"grouped_{phase}")
+                row.update(ratio_columns(f"dense_over_grouped_{phase}", ratios))
             row["repeats"] = repeats
             rows.append(row)
             print(
@@ -226,7 +221,9 @@ def run_top_k(repeats: int, warmup: int) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
-    parser.add_argument("--repeats", type=int, default=7, help="paired repetitions (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=9, help="paired repetitions (median reported, with its 96%% interval at 9)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top-k-out", type=Path, help="CSV to write: top-k's dense and grouped paths")
     parser.add_argument("--experts", type=int, nargs="+", help=f"expert counts N to time (default {NUM_EXPERTS})")
@@ -240,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     table = run(args.repeats, args.warmup, tuple(args.experts or NUM_EXPERTS))
     atomic.write_text(args.out, table.to_csv(index=False, float_format="%.4f"))
     at_eight = table[table.num_experts == 8]
-    print(
-        f"fused vs loop at N = 8: whole layer median {at_eight.loop_over_fused.median():.2f}x "
-        f"(min {at_eight.loop_over_fused.min():.2f}x), adapter path median "
-        f"{at_eight.adapter_loop_over_fused.median():.2f}x, over shapes and ranks; wrote {args.out}"
-    )
+    if len(at_eight):
+        whole = pooled_median(each_from_text(at_eight.loop_over_fused_each))
+        adapter = pooled_median(each_from_text(at_eight.adapter_loop_over_fused_each))
+        print(
+            f"fused vs loop at N = 8, pooled over shapes and ranks: whole layer {whole[0]:.2f}x "
+            f"[{whole[1]:.2f}, {whole[2]:.2f}], adapter path {adapter[0]:.2f}x [{adapter[1]:.2f}, {adapter[2]:.2f}] "
+            f"({whole[3]:.0%} intervals)"
+        )
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter, save
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError, command_main
 from medmoelora.tasks import EVAL_PUBMEDQA
+from medmoelora_eval.timing import median_interval, median_ratio, paired, paired_ratios
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
 # lm-eval requests: PubMedQA-like (a long context, a one-word answer), as many as two batches of 8 hold
@@ -151,45 +151,6 @@ def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callabl
         return time.perf_counter() - started
 
     return step
-
-
-def paired(timers: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for timer in timers.values():
-            timer()
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    names = list(timers)
-    for repetition in range(repeats):
-        # Interleaved, so each repetition compares like with like; the order rotates between repetitions
-        # so that load changing during one (a shared machine) does not always fall on the same timer.
-        shift = repetition % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(timers[name]())
-    return samples
-
-
-def paired_ratios(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
-    """time(a) / time(b) of each repetition (each pair measured back to back)."""
-    return [x / y for x, y in zip(samples[a], samples[b], strict=True)]
-
-
-def median_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
-    return statistics.median(paired_ratios(samples, a, b))
-
-
-def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """A distribution-free interval for the median of ``values``: order statistics x_(k) and x_(n+1-k), with
-    the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) < k) is at least ``confidence`` (k = 1, the range,
-    where no k reaches it: then the coverage is lower, and returned). Returns (low, high, coverage)."""
-    ordered, n = sorted(values), len(values)
-
-    def coverage(k: int) -> float:
-        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
-
-    k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
-        k += 1
-    return ordered[k - 1], ordered[n - k], coverage(k)
 
 
 # ---- the path users run: lm-eval's loglikelihood --------------------------------------------------------

@@ -24,6 +24,7 @@ import pandas as pd
 from medmoelora import atomic
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError, command_main
+from medmoelora_eval.timing import each_from_text, pooled_median
 
 # The speed targets the suite sets itself (README.md, Performance): (what, measured key, comparison, bound).
 # A bound of None is a figure reported for what it shows (the machine's limit), not a target.
@@ -69,12 +70,18 @@ def measured_values(
 ) -> dict[str, float]:
     at_eight = layer[layer.num_experts == 8]
     by_method, by_path = model.set_index("method"), lm_eval.set_index("path")
-    values = {
-        "layer:whole": at_eight.loop_over_fused.median(),
-        "layer:adapter": at_eight.adapter_loop_over_fused.median(),
-    }
-    if "fused_over_peft" in at_eight.columns:
-        values["layer:peft"] = at_eight.fused_over_peft.median()
+    values: dict[str, float] = {}
+    for key, column in (
+        ("layer:whole", "loop_over_fused"),
+        ("layer:adapter", "adapter_loop_over_fused"),
+        ("layer:peft", "fused_over_peft"),
+    ):
+        if f"{column}_each" in at_eight.columns:  # pooled over shapes and ranks, repetition by repetition
+            values[key], values[f"{key}:low"], values[f"{key}:high"], _ = pooled_median(
+                each_from_text(at_eight[f"{column}_each"])
+            )
+        elif column in at_eight.columns:  # files of revisions before the intervals: the median over shapes
+            values[key] = at_eight[column].median()
 
     def with_interval(key: str, row: pd.Series, column: str) -> None:
         """The median and, where the benchmark wrote one (files of revisions before it have none), its interval."""
@@ -90,8 +97,8 @@ def measured_values(
         values[f"floor:{path}"] = by_path.loc[path, "throughput_over_floor"]
         if "throughput_over_hf_scored" in by_path.columns:  # absent from files of revisions before it
             values[f"lm_scored:{path}"] = by_path.loc[path, "throughput_over_hf_scored"]
-    if top_k is not None:
-        values["top_k:best"] = top_k.dense_over_grouped_train.max()
+    if top_k is not None:  # the shape where grouping gains most, with that shape's interval where written
+        with_interval("top_k:best", top_k.loc[top_k.dense_over_grouped_train.idxmax()], "dense_over_grouped_train")
     if table1_wall is not None:
         # perf_table1: a faster table 1 counts only with the same table (same seeds, same documents)
         (wall,) = table1_wall.itertuples()
@@ -110,12 +117,14 @@ def summarize(
     """One row per target: the measured ratio, its interval where it has one, the bound, and the verdict
     ('' for a reported figure).
 
-    The verdict rule: a median over paired repetitions comes with a distribution-free interval (perf_model's
-    `median_interval`, 96% at 9 repetitions); the target is met when the whole interval is within the bound,
-    missed when the whole interval is outside it, and "unresolved" when the interval straddles it (the run
-    cannot tell). A figure without an interval (the layer's median over shapes, make table1's one pair of
-    runs) is judged on its value. Without ``table1_wall`` (perf_table1's CSV) or ``top_k`` (perf_layer's)
-    their rows are left out.
+    The verdict rule: a median over paired repetitions comes with a distribution-free interval
+    (`timing.median_interval`, 96% at 9 repetitions); the target is met when the whole interval is within the
+    bound, missed when the whole interval is outside it, and "unresolved" when the interval straddles it (the
+    run cannot tell). The layer's figures at N = 8 pool its shapes and ranks repetition by repetition
+    (`timing.pooled_median`: per repetition the median over shapes, then their median and its interval). A
+    figure without an interval (make table1's one pair of runs, files written before the intervals) is
+    judged on its value. Without ``table1_wall`` (perf_table1's CSV) or ``top_k`` (perf_layer's) their rows
+    are left out.
     """
     measured = measured_values(layer, model, lm_eval, table1_wall, top_k)
     rows = []

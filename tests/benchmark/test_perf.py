@@ -10,7 +10,7 @@ from medmoelora import AdapterConfig, inject_adapter
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError
 from medmoelora.serialization import load_layer_tensors
-from medmoelora_eval import perf_layer, perf_model, perf_report
+from medmoelora_eval import perf_layer, perf_model, perf_report, timing
 from tests.tiny import TINY_LAYERS, make_tiny_llama
 
 PER_RANK_TINY = 464  # sum of (d_in + d_out) over the 7 projections of the tiny Llama (tests/adapters/test_params.py)
@@ -56,10 +56,18 @@ def test_layer_benchmark_writes_paired_ratios(monkeypatch, tmp_path):
     monkeypatch.setattr(perf_layer, "NUM_EXPERTS", (1, 8))
     monkeypatch.setattr(perf_layer, "RANKS", (4,))
     monkeypatch.setattr(perf_layer, "TOKENS", 32)
-    assert perf_layer.main(["--out", str(tmp_path / "layer.csv"), "--repeats", "2", "--warmup", "0"]) == 0
+    assert perf_layer.main(["--out", str(tmp_path / "layer.csv"), "--repeats", "3", "--warmup", "0"]) == 0
     table = pd.read_csv(tmp_path / "layer.csv")
     assert list(table.num_experts) == [1, 8]
     assert (table[["base_ms", "fused_ms", "loop_ms", "peft_ms", "loop_over_fused"]] > 0).all().all()
+    for column in ("loop_over_fused", "adapter_loop_over_fused", "fused_over_peft"):
+        each = timing.each_from_text(table[f"{column}_each"])
+        assert [len(ratios) for ratios in each] == [3, 3]  # one ratio per repetition, kept for pooling
+        # the median and its interval (3 repetitions: the range) are those of the ratios written
+        assert table[column].tolist() == pytest.approx([sorted(ratios)[1] for ratios in each], abs=1e-4)
+        assert table[f"{column}_low"].tolist() == pytest.approx([min(ratios) for ratios in each], abs=1e-4)
+        assert table[f"{column}_high"].tolist() == pytest.approx([max(ratios) for ratios in each], abs=1e-4)
+    assert table.interval_coverage.tolist() == pytest.approx([0.75, 0.75])  # 1 - 2 / 2**3
 
 
 def ratios(train: float = 1.1, med_moe_lm: float = 0.95, lora_flops: float = 1.2) -> tuple[pd.DataFrame, ...]:
@@ -138,9 +146,9 @@ def test_table1_wall_time_target_needs_half_the_time_and_the_same_table(after_ov
 
 
 def test_median_interval_takes_the_order_statistics_that_cover_the_median():
-    low, high, coverage = perf_model.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5])
+    low, high, coverage = timing.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5])
     assert (low, high) == (2, 8) and coverage == pytest.approx(1 - 2 * (1 + 9) / 2**9)  # 0.961
-    low, high, coverage = perf_model.median_interval([3, 1, 2, 5, 4])  # no k reaches 95% with 5: the range
+    low, high, coverage = timing.median_interval([3, 1, 2, 5, 4])  # no k reaches 95% with 5: the range
     assert (low, high) == (1, 5) and coverage == pytest.approx(1 - 2 / 2**5)
 
 
@@ -157,8 +165,31 @@ def test_a_median_with_an_interval_is_judged_on_the_whole_interval(low, high, sh
     written = perf_report.readme_with_targets(f"{perf_report.START}\n{perf_report.END}\n", targets.reset_index())
     line = next(line for line in written.splitlines() if line.startswith("| lora: measured / FLOP"))
     assert line.rstrip(" |").endswith(shown)
-    # without an interval (the layer's median over shapes) the value decides
+    # without an interval (a layer file written before the intervals) the value decides
     assert targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)", "interval"] == ""
+
+
+def test_pooled_median_takes_each_repetitions_median_across_settings():
+    # three settings (shapes) of five repetitions; per repetition the median across settings: 1, 2, 3, 4, 5
+    each = [[1, 2, 3, 4, 5], [0, 9, 9, 9, 9], [2, 1, 2, 3, 4]]
+    median, low, high, coverage = timing.pooled_median(each)
+    assert (median, low, high) == (3, 1, 5) and coverage == pytest.approx(1 - 2 / 2**5)
+    with pytest.raises(ValueError, match="same number of repetitions"):
+        timing.pooled_median([[1, 2], [1, 2, 3]])
+
+
+@pytest.mark.parametrize(("shift", "shown"), [(0.5, "met"), (0.0, "unresolved"), (-0.5, "missed")])
+def test_layer_targets_pool_shapes_repetition_by_repetition(shift, shown):
+    layer, model, lm_eval = ratios()
+    # two shapes at N = 8, nine repetitions: per repetition the median of the two is their mean, 1.6 ... 2.4
+    first = [1.5 + 0.1 * i + shift for i in range(9)]
+    second = [1.7 + 0.1 * i + shift for i in range(9)]
+    layer["loop_over_fused_each"] = [" ".join(map(str, first)), " ".join(map(str, second))]
+    targets = perf_report.summarize(layer, model, lm_eval).set_index("target")
+    row = targets.loc["fused layer vs per-expert loop at N = 8, whole layer (speed-up)"]
+    assert row.measured == pytest.approx(2.0 + shift)
+    assert row.interval == f"[{1.7 + shift:.3f}, {2.3 + shift:.3f}]"  # 2nd and 8th of 9: 96%
+    assert {True: "met", False: "missed"}.get(row.met, row.met) == shown
 
 
 def test_figure_error_bars_are_the_intervals_distances_from_the_median():
@@ -252,7 +283,7 @@ def test_paired_repetitions_rotate_the_order_of_the_timers():
     def timer(name: str):
         return lambda: calls.append(name) or 1.0
 
-    samples = perf_model.paired({name: timer(name) for name in "abc"}, repeats=3, warmup=0)
+    samples = timing.paired({name: timer(name) for name in "abc"}, repeats=3, warmup=0)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert samples == {name: [1.0, 1.0, 1.0] for name in "abc"}
 
