@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,16 +66,41 @@ def tree_environment(tree: Path, raw_data: Path) -> dict[str, str]:
     return env
 
 
+def run_whole_group(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+    """Runs ``command`` in a process group of its own, output to ``log``; its exit code. If this process is
+    interrupted or terminated meanwhile, the whole group (snakemake and the jobs it started) is terminated
+    first, so that nothing keeps running in a scratch tree about to be removed."""
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return process.wait()
+        except BaseException:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            raise
+
+
 def timed_table1(tree: Path, config: str, cores: int, env: dict[str, str], log: Path) -> float:
     """Runs the workflow's table1 target in ``tree``; its wall seconds."""
     command = ["snakemake", "--cores", str(cores), TABLE1, "--configfile", config]
     start = time.perf_counter()
-    with log.open("w", encoding="utf-8") as out:
-        done = subprocess.run(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+    returncode = run_whole_group(command, tree, env, log)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise UserError(f"`{' '.join(command)}` failed in {tree} (exit {done.returncode}); see {log}")
+    if returncode != 0:
+        raise UserError(f"`{' '.join(command)}` failed in {tree} (exit {returncode}); see {log}")
     return seconds
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (Snakemake stopping this job, a cluster's time limit) as an exception, so that the scratch
+    trees are removed on the way out rather than left in the temporary directory (about 600 MB)."""
+    raise SystemExit(128 + signum)
 
 
 def compare_tables(before: Path, after: Path) -> tuple[bool, float]:
@@ -85,6 +111,27 @@ def compare_tables(before: Path, after: Path) -> tuple[bool, float]:
         return False, float("nan")
     numeric = left.select_dtypes("number").columns
     return same, float((left[numeric] - right[numeric]).abs().max().max()) if len(numeric) else 0.0
+
+
+def measure(repo: Path, before: str, after: str, config: Path, cores: int, raw_data: Path, logs: Path) -> dict:
+    """Both revisions' make table1 in scratch trees, one after the other: perf_table1.csv's row."""
+    row: dict[str, object] = {"config": str(config), "cores": cores}
+    with tempfile.TemporaryDirectory(prefix="perf_table1_") as scratch:
+        tables = {}
+        for label, revision in (("before", before), ("after", after)):
+            tree = Path(scratch) / label
+            row[label] = export_tree(repo, revision, tree)
+            shutil.copyfile(config, tree / "config" / "perf_table1.yaml")
+            env = tree_environment(tree.resolve(), raw_data.resolve())
+            print(f"{label} ({row[label]}): snakemake {TABLE1} in {tree} ...", flush=True)
+            row[f"{label}_s"] = round(
+                timed_table1(tree, "config/perf_table1.yaml", cores, env, logs / f"{label}.log"), 1
+            )
+            print(f"{label}: {row[f'{label}_s']} s", flush=True)
+            tables[label] = tree / TABLE1
+        row["after_over_before"] = round(float(row["after_s"]) / float(row["before_s"]), 3)
+        row["table1_unchanged"], row["table1_max_abs_diff"] = compare_tables(tables["before"], tables["after"])
+    return row
 
 
 @command_main
@@ -105,22 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if not raw_data.is_dir():
         raise UserError(f"raw data directory {raw_data} not found; pass --raw-data or set ${RAW_DATA_ENV}")
     args.logs.mkdir(parents=True, exist_ok=True)
-    row: dict[str, object] = {"config": str(args.config), "cores": args.cores}
-    with tempfile.TemporaryDirectory(prefix="perf_table1_") as scratch:
-        tables = {}
-        for label, revision in (("before", args.before), ("after", args.after)):
-            tree = Path(scratch) / label
-            row[label] = export_tree(repo, revision, tree)
-            shutil.copyfile(args.config, tree / "config" / "perf_table1.yaml")
-            env = tree_environment(tree.resolve(), raw_data.resolve())
-            print(f"{label} ({row[label]}): snakemake {TABLE1} in {tree} ...", flush=True)
-            row[f"{label}_s"] = round(
-                timed_table1(tree, "config/perf_table1.yaml", args.cores, env, args.logs / f"{label}.log"), 1
-            )
-            print(f"{label}: {row[f'{label}_s']} s", flush=True)
-            tables[label] = tree / TABLE1
-        row["after_over_before"] = round(float(row["after_s"]) / float(row["before_s"]), 3)
-        row["table1_unchanged"], row["table1_max_abs_diff"] = compare_tables(tables["before"], tables["after"])
+    previous_handler = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        row = measure(repo, args.before, args.after, args.config, args.cores, raw_data, args.logs)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     table = pd.DataFrame([row])
     atomic.write_text(args.out, table.to_csv(index=False))
     print(table.to_markdown(index=False))
