@@ -10,6 +10,8 @@ environment's packages, but their own code: ``PYTHONPATH`` puts the exported tre
 ``benchmark/`` ahead of the editable install, and the run stops if an import resolves elsewhere. Both run
 the same config file (the one given, copied into each tree). The result: each revision's wall seconds,
 their ratio, and whether the two table1.csv files are identical (with the largest numeric difference).
+Stopped (Ctrl-C, or SIGTERM from Snakemake or a scheduler), it stops the snakemake it started together with
+that snakemake's jobs, removes both scratch trees and writes nothing.
 """
 
 from __future__ import annotations
