@@ -62,6 +62,7 @@ def pooled_median(each: list[list[float]]) -> tuple[float, float, float, float]:
     return (statistics.median(per_repetition), *median_interval(per_repetition))
 
 
-def each_from_text(texts: Iterable[str]) -> list[list[float]]:
-    """The per-repetition ratios of several settings, from the space-separated ``<ratio>_each`` CSV column."""
-    return [[float(ratio) for ratio in text.split()] for text in texts]
+def each_from_text(texts: Iterable[str | float]) -> list[list[float]]:
+    """The per-repetition ratios of several settings, from the space-separated ``<ratio>_each`` CSV column
+    (which pandas reads as numbers when each setting has one repetition)."""
+    return [[float(ratio) for ratio in str(text).split()] for text in texts]

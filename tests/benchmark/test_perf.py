@@ -178,6 +178,14 @@ def test_pooled_median_takes_each_repetitions_median_across_settings():
         timing.pooled_median([[1, 2], [1, 2, 3]])
 
 
+def test_one_repetition_a_setting_reads_back_from_the_csv(tmp_path):
+    # with --repeats 1 the _each column holds one number a row, which pandas reads as floats, not text
+    path = tmp_path / "layer.csv"
+    pd.DataFrame({"loop_over_fused_each": ["2.5000", "3.0000"]}).to_csv(path, index=False)
+    each = timing.each_from_text(pd.read_csv(path).loop_over_fused_each)
+    assert each == [[2.5], [3.0]] and timing.pooled_median(each)[0] == 2.75
+
+
 @pytest.mark.parametrize(("shift", "shown"), [(0.5, "met"), (0.0, "unresolved"), (-0.5, "missed")])
 def test_layer_targets_pool_shapes_repetition_by_repetition(shift, shown):
     layer, model, lm_eval = ratios()
