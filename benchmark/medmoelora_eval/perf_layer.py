@@ -27,9 +27,16 @@ import torch
 from torch import nn
 
 from medmoelora import atomic
-from medmoelora.errors import UserError, command_main
+from medmoelora.errors import command_main
 from medmoelora.layer import MoELoRALinear, RoutingContext
-from medmoelora_eval.timing import each_from_text, median_interval, paired, paired_ratios, pooled_median
+from medmoelora_eval.timing import (
+    each_from_text,
+    median_interval,
+    paired,
+    paired_ratios,
+    pooled_median,
+    require_counts,
+)
 
 SHAPES = ((576, 576), (576, 1536), (1536, 576))  # SmolLM2-135M: attention, MLP up/gate, MLP down
 NUM_EXPERTS = (1, 2, 4, 8, 16)
@@ -228,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k-out", type=Path, help="CSV to write: top-k's dense and grouped paths")
     parser.add_argument("--experts", type=int, nargs="+", help=f"expert counts N to time (default {NUM_EXPERTS})")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        raise UserError(
-            f"--repeats {args.repeats} --warmup {args.warmup}: give at least one repetition and no negative warmup"
-        )
+    require_counts(("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0))
     if args.top_k_out:
         atomic.write_text(args.top_k_out, run_top_k(args.repeats, args.warmup).to_csv(index=False, float_format="%.4f"))
     table = run(args.repeats, args.warmup, tuple(args.experts or NUM_EXPERTS))

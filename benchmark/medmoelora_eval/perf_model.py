@@ -38,7 +38,7 @@ from medmoelora import AdapterConfig, MoELoRAModel, atomic, inject_adapter, save
 from medmoelora.config import METHODS
 from medmoelora.errors import UserError, command_main
 from medmoelora.tasks import EVAL_PUBMEDQA
-from medmoelora_eval.timing import median_interval, median_ratio, paired, paired_ratios
+from medmoelora_eval.timing import median_interval, median_ratio, paired, paired_ratios, require_counts
 
 SEQUENCES, LENGTH = 2, 256  # 512 tokens a step: long enough for stable timings, short enough for a laptop
 # lm-eval requests: PubMedQA-like (a long context, a one-word answer), as many as two batches of 8 hold
@@ -344,13 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
-    for flag, value, least in (
-        ("--repeats", args.repeats, 1),
-        ("--warmup", args.warmup, 0),
-        ("--requests", args.requests, 1),
-    ):
-        if value < least:
-            raise UserError(f"{flag} {value}: give at least {least}")
+    require_counts(("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--requests", args.requests, 1))
     if not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model} is not a model directory; run `medmoelora materialize-model` first")
     if args.out is None and args.lm_eval_out is None:

@@ -11,6 +11,8 @@ import math
 import statistics
 from collections.abc import Callable, Iterable
 
+from medmoelora.errors import UserError
+
 
 def paired(timers: dict[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Each timer's seconds per repetition: ``warmup`` untimed rounds, then ``repeats`` rounds of every timer."""
@@ -66,3 +68,10 @@ def each_from_text(texts: Iterable[str | float]) -> list[list[float]]:
     """The per-repetition ratios of several settings, from the space-separated ``<ratio>_each`` CSV column
     (which pandas reads as numbers when each setting has one repetition)."""
     return [[float(ratio) for ratio in str(text).split()] for text in texts]
+
+
+def require_counts(*counts: tuple[str, int, int]) -> None:
+    """(flag, value, least) per command-line count: a value under its least is a one-line UserError."""
+    for flag, value, least in counts:
+        if value < least:
+            raise UserError(f"{flag} {value}: give at least {least}")
