@@ -165,12 +165,21 @@ def verdict(value: float, low: float | None, high: float | None, comparison: str
 def figure(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for (d_in, d_out), group in layer[layer["rank"] == 16].groupby(["d_in", "d_out"]):
-        left.plot(group.num_experts, group.loop_over_fused, marker="o", label=f"loop / fused, {d_in}->{d_out}")
-        left.plot(
+        left.errorbar(
+            group.num_experts,
+            group.loop_over_fused,
+            yerr=_error_bars(group, "loop_over_fused"),
+            marker="o",
+            capsize=2,
+            label=f"loop / fused, {d_in}->{d_out}",
+        )
+        left.errorbar(
             group.num_experts,
             group.fused_over_peft,
+            yerr=_error_bars(group, "fused_over_peft"),
             marker="x",
             linestyle="--",
+            capsize=2,
             label=f"fused / PEFT LoRA, {d_in}->{d_out}",
         )
     left.axhline(2.0, color="grey", linewidth=0.8, linestyle=":")
@@ -178,7 +187,7 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame, path
         xscale="log",
         xlabel="experts N (rank 16 each)",
         ylabel="time ratio (fwd + bwd, 2048 tokens)",
-        title="Layer: fused vs per-expert loop vs PEFT",
+        title=f"Layer: fused vs per-expert loop vs PEFT{_bars_caption(layer)}",
     )
     left.set_xticks(sorted(layer.num_experts.unique()), labels=[str(n) for n in sorted(layer.num_experts.unique())])
     left.legend(fontsize=7)
@@ -212,6 +221,13 @@ def figure(layer: pd.DataFrame, model: pd.DataFrame, lm_eval: pd.DataFrame, path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def _bars_caption(table: pd.DataFrame) -> str:
+    """`` (bars: 96% interval)`` from the table's ``interval_coverage``; empty where it has none."""
+    if "interval_coverage" not in table.columns or table["interval_coverage"].isna().all():
+        return ""
+    return f" (bars: {table['interval_coverage'].min():.0%} interval)"
 
 
 def _error_bars(table: pd.DataFrame, column: str) -> list[list[float]] | None:

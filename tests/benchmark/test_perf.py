@@ -307,3 +307,29 @@ def test_layer_benchmark_refuses_no_repetitions_in_one_line(tmp_path, capsys):
     out = tmp_path / "layer.csv"
     assert perf_layer.main(["--out", str(out), "--repeats", "0"]) == 2
     assert "--repeats 0" in capsys.readouterr().err and not out.exists()
+
+
+def test_figure_draws_the_layer_ratios_with_their_intervals(tmp_path, monkeypatch):
+    drawn = []  # yerr of each errorbar call, in order
+    errorbar = perf_report.plt.Axes.errorbar
+
+    def recording(axes, x, y, yerr=None, **options):
+        drawn.append(yerr)
+        return errorbar(axes, x, y, yerr=yerr, **options)
+
+    monkeypatch.setattr(perf_report.plt.Axes, "errorbar", recording)
+    _, model, lm_eval = ratios()
+    layer = pd.DataFrame(
+        {
+            "d_in": 576, "d_out": 576, "rank": 16, "num_experts": [1, 8],
+            "loop_over_fused": [1.1, 2.5], "loop_over_fused_low": [1.0, 2.4], "loop_over_fused_high": [1.4, 2.8],
+            "fused_over_peft": [1.0, 1.0], "interval_coverage": 0.9609,
+        }
+    )  # fmt: skip
+    perf_report.figure(layer, model, lm_eval, tmp_path / "perf.png")
+    assert (tmp_path / "perf.png").stat().st_size > 0
+    below, above = drawn[0]  # the loop / fused line: each point's distance to its interval's ends
+    assert below == pytest.approx([0.1, 0.1]) and above == pytest.approx([0.3, 0.3])
+    assert drawn[1] is None  # fused / PEFT: no interval in this table, no bars
+    assert perf_report._bars_caption(layer) == " (bars: 96% interval)"
+    assert perf_report._bars_caption(layer.drop(columns=["interval_coverage"])) == ""

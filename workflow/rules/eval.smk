@@ -1,5 +1,6 @@
 # Every run's every seed (and the base model, once) on every task, in ONE lm_eval call each: start-up is
-# paid once. {model} is `base` or `<run>/seed<k>`: results/eval/{model}/ evaluates results/train/{model}/.
+# paid once. The call is lm-eval's own CLI through medmoelora_eval.lm_eval_cli, the same arguments and
+# output as `lm_eval`, without the stock CLI's index of lm-eval's ~14,000 built-in task files (6 s a job). {model} is `base` or `<run>/seed<k>`: results/eval/{model}/ evaluates results/train/{model}/.
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
 # samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
@@ -59,8 +60,8 @@ rule eval:
         """
         raw=$(mktemp -d "{resources.tmpdir}/lm_eval.XXXXXX")
         trap 'rm -rf "$raw"' EXIT
-        lm_eval --model {params.model} --model_args {params.model_args} --include_path benchmark/tasks \
-            --tasks {params.tasks} --samples {input.samples} \
+        python -m medmoelora_eval.lm_eval_cli --model {params.model} --model_args {params.model_args} \
+            --include_path benchmark/tasks --tasks {params.tasks} --samples {input.samples} \
             --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
             --output_path "$raw" --log_samples >{log} 2>&1
         python -m medmoelora_eval.results split "$raw" --run {wildcards.model} --out {params.out} 2>>{log}

@@ -44,8 +44,8 @@ rule eval_ablation:
         """
         raw=$(mktemp -d "{resources.tmpdir}/lm_eval.XXXXXX")
         trap 'rm -rf "$raw"' EXIT
-        lm_eval --model medmoelora --model_args {params.model_args} --include_path benchmark/tasks \
-            --tasks {params.tasks} --samples {input.samples} \
+        python -m medmoelora_eval.lm_eval_cli --model medmoelora --model_args {params.model_args} \
+            --include_path benchmark/tasks --tasks {params.tasks} --samples {input.samples} \
             --metadata {params.metadata:q} --batch_size {params.batch_size} --seed 0 \
             --output_path "$raw" --log_samples >{log} 2>&1
         python -m medmoelora_eval.results split "$raw" --run {wildcards.ablation} --out {params.out} 2>>{log}
