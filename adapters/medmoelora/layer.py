@@ -418,11 +418,13 @@ class MoELoRALinear(nn.Module):
 
 
 # Where the grouped top-k path is faster than the dense one: on a CPU, once the rank slots that dense top-k
-# computes and then zeroes, (N - k) x mean rank, reach this many. Measured on 2 idle cores in four make perf
-# runs (results/perf/top_k.csv; 576 -> 1536, 2048 tokens, forward + backward, dense / grouped): 1.21-1.34x at
-# N = 8, k = 1, rank 32 (224 slots), 1.57-1.70x and 1.38-1.43x at N = 16, rank 32 (480, 448); 0.99-1.11x at
-# N = 8, k = 2, rank 32 (192), 0.70-1.08x at every shape below. On a GPU it was not measured: dense there.
-GROUPED_TOP_K_MIN_SKIPPED_SLOTS = 200
+# computes and then zeroes, (N - k) x mean rank, reach this many. Measured on 2 idle cores by make perf
+# (results/perf/top_k.csv; 576 -> 1536, 2048 tokens, forward + backward, dense / grouped, 96% intervals in the
+# last two runs): 1.21-1.34x at N = 8, k = 1, rank 32 (224 slots), 1.38-1.80x at N = 16, rank 32 (480, 448);
+# at N = 8, k = 2, rank 32 (192) ties in four earlier runs (0.99-1.11x), then 1.10x [1.05, 1.27] (da5e192) and
+# 1.12x [1.05, 1.14] (2367208); 0.70-1.08x at every shape below, except N = 16, k = 1, rank 8 (120 slots):
+# 1.01x, then 1.05x [1.02, 1.09] in 2367208's run alone, left dense. On a GPU it was not measured: dense there.
+GROUPED_TOP_K_MIN_SKIPPED_SLOTS = 150
 
 
 def grouped_top_k_pays(ranks: list[int], top_k: int | None, device: torch.device) -> bool:

@@ -7,8 +7,8 @@ lm-eval's `dummy` model answers at random and needs no weights or tokenizer, so 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
