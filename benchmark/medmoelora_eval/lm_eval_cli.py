@@ -2,7 +2,7 @@
 evaluation jobs run.
 
     python -m medmoelora_eval.lm_eval_cli --model medmoelora --model_args pretrained=...,adapter=... \\
-        --include_path benchmark/tasks --tasks medmoe_medqa,medmoe_pubmedqa --output_path results/lm_eval
+        --include_path benchmark/tasks --tasks TASKS --output_path results/lm_eval
 
 It takes the arguments of ``lm_eval run`` and runs lm-eval's own entry point (`cli_evaluate`): the same
 argument checks, evaluation, output files and printed tables. The one difference: before it looks up a task,

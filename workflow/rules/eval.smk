@@ -1,6 +1,7 @@
 # Every run's every seed (and the base model, once) on every task, in ONE lm_eval call each: start-up is
-# paid once. The call is lm-eval's own CLI through medmoelora_eval.lm_eval_cli, the same arguments and
-# output as `lm_eval`, without the stock CLI's index of lm-eval's ~14,000 built-in task files (6 s a job). {model} is `base` or `<run>/seed<k>`: results/eval/{model}/ evaluates results/train/{model}/.
+# paid once. {model} is `base` or `<run>/seed<k>`: results/eval/{model}/ evaluates results/train/{model}/.
+# The call is lm-eval's own CLI through medmoelora_eval.lm_eval_cli: the arguments and output of `lm_eval`,
+# without the stock CLI's index of the ~14,000 task files lm-eval ships (6 s of each job on 2 cores).
 # lm_eval's --limit is one number for every task (and per MMLU subject); --samples takes a file that
 # lists the document indices per task, so the per-task limits of config `eval.limits` become one
 # samples file (N documents of each task drawn with a fixed seed: the first N, as --limit takes them, can be
