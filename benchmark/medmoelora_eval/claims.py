@@ -55,6 +55,7 @@ from medmoelora_eval.stats import (
     BEATS,
     CONFIDENCE,
     CONTRADICTED,
+    INCONCLUSIVE,
     INTERVAL_METHOD,
     MDE_METHOD,
     NONINFERIORITY_FRACTION,
@@ -278,8 +279,9 @@ def _compare(
         notes.append(
             f"change vs base: {run_a} {estimate(strata_a) - base:+.3g}, {run_b} {estimate(strata_b) - base:+.3g}"
         )
-    if np.isnan(result.mde):
-        notes.append("no document differs between the runs")
+    no_variance = np.isnan(result.mde)
+    if no_variance:  # nothing to estimate a variance from: no test, whatever the interval says
+        notes.append("no document differs between the runs: inconclusive")
     return {
         "claim": claim.id,
         "comparison": f"{run_a} vs {run_b}",
@@ -293,7 +295,9 @@ def _compare(
         "mde_80": result.mde,
         "n_documents": result.n_documents,
         "n_seeds": f"{result.n_seeds_a}/{result.n_seeds_b}",
-        "verdict": verdict(
+        "verdict": INCONCLUSIVE
+        if no_variance
+        else verdict(
             result.lo, result.hi, p_threshold, higher_is_better=higher_is_better, kind=claim.kind, tolerance=tolerance
         ),
         "note": "; ".join(notes),

@@ -238,3 +238,15 @@ def test_c7_needs_the_base_run_on_the_same_documents(tmp_path):
     runs = {"base": "base", "med_moe_lora": "med_moe_lora", "lora": "lora"}
     with pytest.raises(UserError, match=r"C7: the base run 'base' was evaluated on other gsm8k documents"):
         claims.claims_table(load_samples(tmp_path, runs.values()), runs, resamples=10)
+
+
+def test_identical_runs_are_never_supported_as_at_least_as_good(tmp_path):
+    # tau_1 answers every document as the learnable-tau run does (a tau that did not move): no variance,
+    # so "at least as good" is untested, not supported (the shifted sign-flip test gave p = 2/64 here)
+    for run in ("med_moe_lora", "tau_1"):
+        write_run(tmp_path, run, 2.0, 1.8, tasks=("medqa", "pubmedqa", "mmlu"))
+    runs = {"med_moe_lora": "med_moe_lora", "tau_1": "tau_1"}
+    table = claims.claims_table(load_samples(tmp_path, runs.values()), runs, resamples=200)
+    c6 = table[(table["claim"] == "C6") & (table["comparison"] == "med_moe_lora vs tau_1")]
+    assert len(c6) == 2 and set(c6["verdict"]) == {INCONCLUSIVE}
+    assert c6["note"].str.contains("no document differs between the runs: inconclusive").all()
