@@ -325,11 +325,21 @@ def get_prompt(task_id: str) -> TaskPrompt:
 
 
 def check_limits(limits: Mapping[str, object], where: str = "--limits") -> None:
-    """Per-task document limits must name every task an lm_eval call runs, and nothing else."""
+    """Per-task document limits must name every task an lm_eval call runs, and nothing else; a subject
+    subset of one (``part_of``: mmlu_medical, mmlu_general) may override its parent's per-subject limit."""
     names = [task.name for task in RUN_TASKS]
+    subsets = [task.name for task in EVAL_TASKS.values() if task.part_of is not None]
     for name in limits:
-        if name not in names:
-            raise unknown_name(f"task in {where}", str(name), names)
+        if name not in names and name not in subsets:
+            raise unknown_name(f"task in {where}", str(name), [*names, *subsets])
     missing = [name for name in names if name not in limits]
     if missing:
         raise UserError(f"{where} has no limit for {', '.join(missing)}; give one per task (null: every document)")
+
+
+def subject_limit_task(subject: str, limits: Mapping[str, object]) -> str | None:
+    """The subject subset whose limit applies to an MMLU subject (None: its group's limit applies)."""
+    for task in EVAL_TASKS.values():
+        if task.part_of is not None and subject in task.subjects and task.name in limits:
+            return task.name
+    return None

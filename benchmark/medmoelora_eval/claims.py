@@ -1,26 +1,27 @@
-"""The paper's claims as data, each measured as a paired difference between two runs with a verdict.
+"""The paper's claims as data, each tested on its pre-registered primary endpoint (docs/analysis-plan.md).
 
     python -m medmoelora_eval.claims --eval-dir results/eval \
         --runs base=base lora=lora multi_lora=multi_lora uniform_moe=uniform_moe med_moe_lora=med_moe_lora \
                alloc_uniform=alloc_uniform alloc_inverted=alloc_inverted tau_0p5=tau_0p5 tau_1=tau_1 tau_2=tau_2 \
-        --routing results/train/med_moe_lora/routing_stats.json --out results/claims.csv --markdown claims.md
+        --routing results/train/med_moe_lora/seed0/routing_stats.json \
+        --learned-tau results/train/med_moe_lora/seed0/adapter_model.safetensors --out results/claims.csv
 
 ``--runs`` maps the claims' roles (`ROLES`) to run names (directories under ``--eval-dir``);
 ``alloc_asymmetric`` and ``tau_learnable`` default to the ``med_moe_lora`` run. A claim whose roles
-are not all given is listed as "not evaluated". ``--routing`` takes the Med-MoE-LoRA run's
-routing_stats.json files (one per seed) for C8.
+are not all given is "not evaluated". ``--routing`` takes the Med-MoE-LoRA run's routing_stats.json
+files (one per seed) for the collapse check C8; ``--learned-tau`` the learnable-tau run's adapters, for
+C6's manipulation check.
 
-C1-C6 are measured on accuracy and on the gold answer's log-probability (the continuous metric of the
-same requests, which usually separates methods with fewer documents than accuracy). The medical average
-is the mean of the MedQA, PubMedQA and MMLU-medical scores, each task counting once whatever its size;
-its interval resamples documents within each task independently (`medmoelora_eval.stats`).
+The table (`COLUMNS`) has, per claim, one ``claim`` row with the verdict, then its ``primary`` rows (one
+per comparison; C6 has three) and its ``secondary`` rows, and last C8's ``check`` row:
 
-C7 ("loses less general skill") is a difference in differences against the base model, paired on
-documents, on every forgetting measure the results hold: GSM8K accuracy, MMLU's non-medical subjects
-(accuracy, gold log-probability) and bits per byte on every rolling-loglikelihood task. On the same
-documents (A - base) - (B - base) = A - B, so its interval is that of A - B; the note gives each run's
-change against the base model. C8 is a check, not a test: the largest expert share in any soft-routed
-module, against the paper's collapse threshold.
+- a primary row tests accuracy on the claim's scope (`medmoelora_eval.endpoints`), one-sided at 0.025;
+- the claim row combines its primary rows ("each fixed tau": the largest p, an intersection-union test;
+  contradicted if any is, Bonferroni within the claim) and carries Holm's adjusted p over the family
+  C1-C7; its verdict follows the adjusted p;
+- a secondary row (gold log-probability, Brier score, MMLU-general, bits per byte) is a descriptive
+  difference with its two-way bootstrap interval, "consistent" or "not consistent" with the primary; it
+  never supports a claim on its own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,34 +41,23 @@ from medmoelora import atomic
 from medmoelora.errors import UserError, command_main, unknown_name
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
 from medmoelora.tasks import EVAL_GSM8K, EVAL_MEDQA
-from medmoelora_eval.samples import (
-    MEDICAL_AVERAGE,
-    METRICS,
-    MMLU_GENERAL,
-    Stratum,
-    has_metric,
-    load_samples,
-    scope_label,
-    strata,
-)
+from medmoelora_eval.endpoints import ALPHA, EndpointTest, accuracy_test, pooled
+from medmoelora_eval.inference import holm
+from medmoelora_eval.samples import MEDICAL_AVERAGE, METRICS, MMLU_GENERAL, Stratum, has_metric, load_samples, strata
 from medmoelora_eval.stats import (
     AT_LEAST_AS_GOOD,
     BEATS,
     CONFIDENCE,
     CONTRADICTED,
     INCONCLUSIVE,
-    INTERVAL_METHOD,
-    MDE_METHOD,
-    NONINFERIORITY_FRACTION,
     RESAMPLES,
     SEED,
     SUPPORTED,
-    VERDICT_RULE,
+    bootstrap,
     estimate,
-    paired_comparison,
-    sign_flip_p_value,
-    verdict,
+    percentile_interval,
 )
+from medmoelora_eval.temperatures import read_temperatures
 
 ROLES = {
     "base": "the untrained base model",
@@ -84,21 +74,37 @@ ROLES = {
     "tau_2": "Med-MoE-LoRA with fixed tau 2",
 }
 ROLE_FALLBACKS = {"alloc_asymmetric": "med_moe_lora", "tau_learnable": "med_moe_lora"}
+FIXED_TAUS = {"tau_0p5": 0.5, "tau_1": 1.0, "tau_2": 2.0}
+TAU_EPSILON = 0.05  # C6's manipulation check: a learned tau within 5% of a fixed one does not test learning it
 ROLLING = "*rolling"  # stands for every task whose documents carry loglikelihood and bytes
-NOT_EVALUATED = "not evaluated"
+NOT_EVALUATED, NOT_TESTED = "not evaluated", "not tested"
+CONSISTENT, NOT_CONSISTENT = "consistent", "not consistent"
+CHECK_PASSED, CHECK_FAILED = "passed", "failed"
+# "No worse" per metric, in the metric's units: the margins of an "at least as good" claim. Accuracy's is
+# the primary endpoint's; the others judge whether a secondary metric is consistent with it.
+DEFAULT_MARGINS = {"accuracy": 1.0, "gold_logprob": 0.02, "brier": 0.01, "bits_per_byte": 0.01}
 COLUMNS = (
     "claim",
+    "row",
     "comparison",
     "scope",
     "metric",
     "paper_effect",
+    "margin",
     "difference",
     "ci_lo",
     "ci_hi",
     "p_value",
+    "p_adjusted",
+    "p_contradict",
+    "p_contradict_adjusted",
+    "method",
     "mde_80",
+    "power_at_margin",
     "n_documents",
+    "n_discordant",
     "n_seeds",
+    "about",
     "verdict",
     "note",
     "resamples",
@@ -120,62 +126,66 @@ class Claim:
     id: str
     statement: str
     comparisons: tuple[tuple[str, str], ...]  # (role the paper favours, role it is compared with)
-    measures: tuple[Measure, ...]
+    primary: Measure  # accuracy on the scope the paper names
+    secondaries: tuple[Measure, ...]  # reported where the results hold them; never support on their own
     kind: str = BEATS
-    only_where_available: bool = False  # measures missing from the results are left out, not an error
     against_base: bool = False  # a difference in differences against the base run (the note gives both changes)
 
 
-def _medical(scope: str, paper_effect: float | None = None) -> tuple[Measure, ...]:
-    return (Measure(scope, "accuracy", paper_effect), Measure(scope, "gold_logprob"))
+def _medical_secondaries(scope: str) -> tuple[Measure, ...]:
+    return (Measure(scope, "gold_logprob"), Measure(scope, "brier"))
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
-        "C1", "Med-MoE-LoRA beats LoRA on the medical average", (("med_moe_lora", "lora"),), _medical(MEDICAL_AVERAGE)
+        "C1",
+        "Med-MoE-LoRA beats LoRA on the medical average",
+        (("med_moe_lora", "lora"),),
+        Measure(MEDICAL_AVERAGE, "accuracy"),
+        _medical_secondaries(MEDICAL_AVERAGE),
     ),
     Claim(
         "C2",
         "Med-MoE-LoRA beats Multi-LoRA on MedQA (paper: 65.8 vs 61.3)",
         (("med_moe_lora", "multi_lora"),),
-        _medical(EVAL_MEDQA.name, round(65.8 - 61.3, 1)),
+        Measure(EVAL_MEDQA.name, "accuracy", round(65.8 - 61.3, 1)),
+        _medical_secondaries(EVAL_MEDQA.name),
     ),
     Claim(
         "C3",
         "Med-MoE-LoRA beats the uniform MoE-LoRA on the medical average",
         (("med_moe_lora", "uniform_moe"),),
-        _medical(MEDICAL_AVERAGE),
+        Measure(MEDICAL_AVERAGE, "accuracy"),
+        _medical_secondaries(MEDICAL_AVERAGE),
     ),
     Claim(
         "C4",
         "Asymmetric allocation beats uniform allocation on the medical average (paper: 59.5 vs 56.8)",
         (("alloc_asymmetric", "alloc_uniform"),),
-        _medical(MEDICAL_AVERAGE, round(59.5 - 56.8, 1)),
+        Measure(MEDICAL_AVERAGE, "accuracy", round(59.5 - 56.8, 1)),
+        _medical_secondaries(MEDICAL_AVERAGE),
     ),
     Claim(
         "C5",
         "Top-heavy allocation beats the inverted, bottom-heavy one on the medical average",
         (("alloc_asymmetric", "alloc_inverted"),),
-        _medical(MEDICAL_AVERAGE),
+        Measure(MEDICAL_AVERAGE, "accuracy"),
+        _medical_secondaries(MEDICAL_AVERAGE),
     ),
     Claim(
         "C6",
         "Learnable tau is at least as good as each fixed tau in {0.5, 1, 2} on the medical average",
         (("tau_learnable", "tau_0p5"), ("tau_learnable", "tau_1"), ("tau_learnable", "tau_2")),
-        _medical(MEDICAL_AVERAGE),
+        Measure(MEDICAL_AVERAGE, "accuracy"),
+        _medical_secondaries(MEDICAL_AVERAGE),
         kind=AT_LEAST_AS_GOOD,
     ),
     Claim(
         "C7",
-        "Med-MoE-LoRA loses less general skill than LoRA (paper: GSM8K -0.3 vs -3.6), on every forgetting measure",
+        "Med-MoE-LoRA loses less general skill than LoRA (paper: GSM8K -0.3 vs -3.6)",
         (("med_moe_lora", "lora"),),
-        (
-            Measure(EVAL_GSM8K.name, "accuracy", round(-0.3 - -3.6, 1)),
-            Measure(MMLU_GENERAL, "accuracy"),
-            Measure(MMLU_GENERAL, "gold_logprob"),
-            Measure(ROLLING, "bits_per_byte"),
-        ),
-        only_where_available=True,
+        Measure(EVAL_GSM8K.name, "accuracy", round(-0.3 - -3.6, 1)),
+        (Measure(MMLU_GENERAL, "accuracy"), Measure(MMLU_GENERAL, "gold_logprob"), Measure(ROLLING, "bits_per_byte")),
         against_base=True,
     ),
 )
@@ -183,8 +193,27 @@ COLLAPSE_CLAIM = Claim(
     "C8",
     f"No expert collapse: no expert takes more than {COLLAPSE_THRESHOLD:.0%} of the routing weight in any layer",
     (),
+    Measure("routing", "largest_expert_share"),
     (),
 )
+
+
+class Results:
+    """Per-document results, looked up by (run, scope, metric) with each lookup done once (runs recur)."""
+
+    def __init__(self, samples: pd.DataFrame) -> None:
+        self._by_run = dict(tuple(samples.groupby("run", sort=False)))  # one run's rows: cheaper to filter
+        self.rolling = sorted(set(samples.loc[samples["bytes"].notna(), "file"]))  # rolling-loglikelihood tasks
+
+    @functools.cache  # noqa: B019 (one Results per table: the cache dies with it)
+    def has(self, run: str, scope: str, metric: str) -> bool:
+        return run in self._by_run and has_metric(self._by_run[run], run, scope, metric)
+
+    @functools.cache  # noqa: B019
+    def values(self, run: str, scope: str, metric: str) -> list[Stratum]:
+        if run not in self._by_run:
+            raise UserError(f"no per-document results for run {run!r}; evaluate it first")
+        return strata(self._by_run[run], run, scope, metric)
 
 
 def resolve_roles(runs: Mapping[str, str]) -> dict[str, str]:
@@ -199,113 +228,283 @@ def resolve_roles(runs: Mapping[str, str]) -> dict[str, str]:
     return resolved
 
 
+def check_margins(margins: Mapping[str, float]) -> dict[str, float]:
+    """Every metric's margin, from ``margins`` over `DEFAULT_MARGINS`; each must be a known metric and > 0."""
+    for metric, margin in margins.items():
+        if metric not in METRICS:
+            raise unknown_name("metric in the margins", metric, METRICS)
+        if not margin > 0:
+            raise UserError(f"margin of {metric} is {margin}: a margin must be > 0, in the metric's units")
+    return {**DEFAULT_MARGINS, **margins}
+
+
 def claims_table(
     samples: pd.DataFrame,
     runs: Mapping[str, str],
     routing: Mapping[str, Mapping] | None = None,
-    confidence: float = CONFIDENCE,
+    learned_tau: float | None = None,
+    margins: Mapping[str, float] | None = None,
     resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> pd.DataFrame:
-    """One row per claim, comparison and measure (`COLUMNS`), from per-document results (`load_samples`).
+    """The claims table (`COLUMNS`) from per-document results (`load_samples`).
 
     ``runs`` maps roles to run names; ``routing`` maps a label (e.g. the file) to a routing_stats.json
-    content of the Med-MoE-LoRA run, for C8.
+    content of the Med-MoE-LoRA run, for C8; ``learned_tau`` is the learnable-tau run's mean tau, for
+    C6's manipulation check (None: no check); ``resamples`` and ``seed`` drive the secondary rows'
+    bootstrap (the primary tests are exact or analytic).
     """
     runs = resolve_roles(runs)
-    cached = functools.cache(lambda run, scope, metric: strata(samples, run, scope, metric))  # runs recur
-    rows = []
-    for claim in CLAIMS:
-        for favoured, other in claim.comparisons:
-            missing = [role for role in (favoured, other) if role not in runs]
-            if missing:
-                rows.append(_not_evaluated(claim, favoured, other, f"no run for role {', '.join(missing)}"))
-                continue
-            measures = _measures(claim, samples, runs[favoured], runs[other])
-            if not measures:
-                rows.append(_not_evaluated(claim, favoured, other, "none of its measures is in both runs' results"))
-            for measure in measures:
-                rows.append(_compare(claim, measure, cached, runs, favoured, other, confidence, resamples, seed))
-    rows.append(collapse_row(routing or {}))
+    margins = check_margins(margins or {})
+    results = Results(samples)
+    blocks = [_claim_rows(claim, results, runs, learned_tau, margins, resamples, seed) for claim in CLAIMS]
+    _adjust([block[0] for block in blocks])
+    rows = [row for block in blocks for row in block] + [collapse_row(routing or {})]
     return pd.DataFrame.from_records(rows, columns=list(COLUMNS)).assign(resamples=resamples, seed=seed)
 
 
-def _measures(claim: Claim, samples: pd.DataFrame, run_a: str, run_b: str) -> list[Measure]:
-    rolling = sorted(set(samples.loc[samples["bytes"].notna(), "file"]))
-    expanded = [
-        Measure(task, m.metric, m.paper_effect) if m.scope == ROLLING else m
-        for m in claim.measures
-        for task in (rolling if m.scope == ROLLING else [m.scope])
-    ]
-    if not claim.only_where_available:
-        return expanded
-    return [m for m in expanded if all(has_metric(samples, run, m.scope, m.metric) for run in (run_a, run_b))]
-
-
-def _compare(
+def _claim_rows(
     claim: Claim,
-    measure: Measure,
-    values_of: Callable[[str, str, str], list[Stratum]],
+    results: Results,
     runs: Mapping[str, str],
-    favoured: str,
-    other: str,
-    confidence: float,
+    learned_tau: float | None,
+    margins: Mapping[str, float],
     resamples: int,
     seed: int,
-) -> dict:
-    run_a, run_b = runs[favoured], runs[other]
-    strata_a = values_of(run_a, measure.scope, measure.metric)
-    strata_b = values_of(run_b, measure.scope, measure.metric)
-    try:
-        result = paired_comparison(strata_a, strata_b, confidence, resamples, seed)
-    except UserError as error:
-        raise UserError(f"{claim.id} ({run_a} vs {run_b}): {error}") from None
-    higher_is_better = METRICS[measure.metric].higher_is_better
-    notes = []
-    tolerance, p_threshold = 0.0, result.p_value
-    if claim.kind == AT_LEAST_AS_GOOD:  # the threshold is -m in the paper's direction
-        tolerance = NONINFERIORITY_FRACTION * abs(estimate(strata_b))
-        threshold = -tolerance if higher_is_better else tolerance
-        p_threshold = sign_flip_p_value(strata_a, strata_b, resamples, seed, null_difference=threshold)
-        notes.append(f"tolerance m = {tolerance:.3g}, p at -m {_p_text(p_threshold, '= ')}")
-    if claim.against_base and "base" in runs:  # (a - base) - (b - base) = a - b: the changes are context
-        strata_base = values_of(runs["base"], measure.scope, measure.metric)
-        if [s.documents for s in strata_base] != [s.documents for s in strata_a]:
-            raise UserError(
-                f"{claim.id}: the base run {runs['base']!r} was evaluated on other {measure.scope} documents than "
-                f"{run_a!r}; evaluate both on the same documents"
+) -> list[dict]:
+    """[the claim row, its primary rows, its secondary rows]."""
+    margin = margins["accuracy"] if claim.kind == AT_LEAST_AS_GOOD else None
+    primaries, secondaries = [], []
+    for favoured, other in claim.comparisons:
+        missing = [role for role in (favoured, other) if role not in runs]
+        if missing:
+            primaries.append(_row(claim, "primary", f"{favoured} vs {other}", claim.primary, margin=margin))
+            primaries[-1] |= {"verdict": NOT_EVALUATED, "note": f"no run for role {', '.join(missing)}"}
+            continue
+        primary = _primary(claim, results, runs, favoured, other, margin, learned_tau)
+        primaries.append(primary)
+        for measure in _secondaries(claim, results, runs[favoured], runs[other]):
+            secondaries.append(
+                _secondary(claim, measure, primary, results, runs, favoured, other, margins, resamples, seed)
             )
-        base = estimate(strata_base)
-        notes.append(
-            f"change vs base: {run_a} {estimate(strata_a) - base:+.3g}, {run_b} {estimate(strata_b) - base:+.3g}"
-        )
-    no_variance = np.isnan(result.mde)
-    if no_variance:  # nothing to estimate a variance from: no test, whatever the interval says
-        notes.append("no document differs between the runs: inconclusive")
+    return [_combine(claim, primaries, margin), *primaries, *secondaries]
+
+
+def _row(claim: Claim, role: str, comparison: str, measure: Measure, **values) -> dict:
     return {
         "claim": claim.id,
-        "comparison": f"{run_a} vs {run_b}",
+        "row": role,
+        "comparison": comparison,
         "scope": measure.scope,
         "metric": measure.metric,
         "paper_effect": measure.paper_effect,
-        "difference": result.difference,
-        "ci_lo": result.lo,
-        "ci_hi": result.hi,
-        "p_value": result.p_value,
-        "mde_80": result.mde,
-        "n_documents": result.n_documents,
-        "n_seeds": f"{result.n_seeds_a}/{result.n_seeds_b}",
-        "verdict": INCONCLUSIVE
-        if no_variance
-        else verdict(
-            result.lo, result.hi, p_threshold, higher_is_better=higher_is_better, kind=claim.kind, tolerance=tolerance
-        ),
+        **values,
+    }
+
+
+def _primary(
+    claim: Claim,
+    results: Results,
+    runs: Mapping[str, str],
+    favoured: str,
+    other: str,
+    margin: float | None,
+    learned_tau: float | None,
+) -> dict:
+    run_a, run_b = runs[favoured], runs[other]
+    comparison = f"{run_a} vs {run_b}"
+    if not all(results.has(run, claim.primary.scope, "accuracy") for run in (run_a, run_b)):
+        row = _row(claim, "primary", comparison, claim.primary, margin=margin, verdict=NOT_EVALUATED)
+        return row | {"note": f"{claim.primary.scope} accuracy is not in both runs' results"}
+    a = results.values(run_a, claim.primary.scope, "accuracy")
+    b = results.values(run_b, claim.primary.scope, "accuracy")
+    _check_same_documents(claim, a, b, run_a, run_b)
+    test = accuracy_test(pooled(a), pooled(b), margin)
+    notes = []
+    if claim.against_base and "base" in runs:
+        notes.append(_changes_against_base(claim, claim.primary, results, runs, run_a, run_b, a, b))
+    why_untested = test.why_untested
+    if other in FIXED_TAUS and learned_tau is not None:  # the manipulation check
+        fixed = FIXED_TAUS[other]
+        if abs(learned_tau - fixed) <= TAU_EPSILON * fixed:
+            why_untested = f"learned tau {learned_tau:.3f} is within {TAU_EPSILON:.0%} of the fixed {fixed:g}"
+        else:
+            notes.append(f"learned tau {learned_tau:.3f} vs fixed {fixed:g}")
+    if why_untested:
+        notes.insert(0, why_untested)
+        verdict = NOT_TESTED
+        test = EndpointTest(
+            test.difference,
+            test.lo,
+            test.hi,
+            float("nan"),
+            float("nan"),
+            test.method,
+            test.n_documents,
+            test.n_discordant,
+            test.n_seeds,
+        )
+    elif test.p_support < ALPHA:
+        verdict = SUPPORTED
+    elif test.p_contradict < ALPHA:
+        verdict = CONTRADICTED
+    else:
+        verdict = INCONCLUSIVE
+    return _row(
+        claim,
+        "primary",
+        comparison,
+        claim.primary,
+        margin=margin,
+        difference=test.difference,
+        ci_lo=test.lo,
+        ci_hi=test.hi,
+        p_value=test.p_support,
+        p_contradict=test.p_contradict,
+        method=test.method,
+        mde_80=test.mde,
+        power_at_margin=test.power_at_margin,
+        n_documents=test.n_documents,
+        n_discordant=test.n_discordant,
+        n_seeds=test.n_seeds,
+        about=_about(test.n_seeds),
+        verdict=verdict,
+        note="; ".join(notes),
+    )
+
+
+def _about(n_seeds: str) -> str:
+    """What a verdict is about: these trained models (one seed per run) or the methods (several)."""
+    return "these trained models" if "1" in n_seeds.split("/") else "the methods"
+
+
+def _combine(claim: Claim, primaries: list[dict], margin: float | None) -> dict:
+    """The claim row: supported only if every primary row could be (the largest p), contradicted if any
+    is (the smallest p, times the rows: Bonferroni); before Holm's adjustment across claims (`_adjust`)."""
+    comparison = " / ".join(row["comparison"] for row in primaries)
+    row = _row(claim, "claim", comparison, claim.primary, margin=margin)
+    if all(p["verdict"] == NOT_EVALUATED for p in primaries):
+        return row | {"verdict": NOT_EVALUATED, "note": "; ".join(p["note"] for p in primaries)}
+    tested = [p for p in primaries if p["verdict"] not in (NOT_EVALUATED, NOT_TESTED)]
+    untested = [p for p in primaries if p not in tested]
+    notes = [f"{p['comparison']}: {p['verdict']} ({p['note']})" for p in untested]
+    support = max(p["p_value"] for p in tested) if tested and not untested else 1.0
+    contradict = min(1.0, len(primaries) * min(p["p_contradict"] for p in tested)) if tested else 1.0
+    if len(primaries) == 1 and tested:
+        keep = ("difference", "ci_lo", "ci_hi", "method", "mde_80", "power_at_margin", "n_documents", "n_discordant")
+        row |= {key: primaries[0][key] for key in keep}
+    if len(primaries) > 1:
+        notes.append(f"each of {len(primaries)} comparisons must be supported: p is their largest")
+    seeds = sorted({p["n_seeds"] for p in tested})
+    return row | {
+        "p_value": support,
+        "p_contradict": contradict,
+        "n_seeds": ", ".join(seeds),
+        "about": _about(seeds[0]) if seeds else "",
+        "verdict": NOT_TESTED if not tested else INCONCLUSIVE,
         "note": "; ".join(notes),
     }
 
 
-def _not_evaluated(claim: Claim, favoured: str, other: str, why: str) -> dict:
-    return {"claim": claim.id, "comparison": f"{favoured} vs {other}", "verdict": NOT_EVALUATED, "note": why}
+def _adjust(claim_rows: list[dict]) -> None:
+    """Holm's step-down over the family C1-C7, each direction its own family; an untested or not
+    evaluated claim stays in it with p = 1, so the family is the same whatever the results."""
+    for p_key, verdict_if_rejected in (("p_value", SUPPORTED), ("p_contradict", CONTRADICTED)):
+        adjusted = holm([row.get(p_key, 1.0) if pd.notna(row.get(p_key)) else 1.0 for row in claim_rows])
+        for row, p in zip(claim_rows, adjusted, strict=True):
+            row[f"{p_key.replace('p_value', 'p')}_adjusted"] = p
+            if row["verdict"] == INCONCLUSIVE and p < ALPHA:
+                row["verdict"] = verdict_if_rejected
+
+
+def _secondaries(claim: Claim, results: Results, run_a: str, run_b: str) -> list[Measure]:
+    rolling = results.rolling
+    expanded = [
+        Measure(task, m.metric, m.paper_effect) if m.scope == ROLLING else m
+        for m in claim.secondaries
+        for task in (rolling if m.scope == ROLLING else [m.scope])
+    ]
+    return [m for m in expanded if all(results.has(run, m.scope, m.metric) for run in (run_a, run_b))]
+
+
+def _secondary(
+    claim: Claim,
+    measure: Measure,
+    primary: dict,
+    results: Results,
+    runs: Mapping[str, str],
+    favoured: str,
+    other: str,
+    margins: Mapping[str, float],
+    resamples: int,
+    seed: int,
+) -> dict:
+    """A descriptive difference (document-weighted, two-way bootstrap interval) and whether it points the
+    way the primary does: on the same side of the claim's threshold (0, or -margin for "at least as good")."""
+    run_a, run_b = runs[favoured], runs[other]
+    a = [pooled(results.values(run_a, measure.scope, measure.metric))]
+    b = [pooled(results.values(run_b, measure.scope, measure.metric))]
+    _check_same_documents(claim, a, b, run_a, run_b)
+    difference = estimate(a) - estimate(b)
+    lo, hi = percentile_interval(bootstrap(a, b, resamples, seed), CONFIDENCE)
+    sign = 1.0 if METRICS[measure.metric].higher_is_better else -1.0
+    margin = margins[measure.metric] if claim.kind == AT_LEAST_AS_GOOD else None
+    threshold = -(margin or 0.0)
+    notes = []
+    if pd.isna(primary.get("difference")):
+        verdict = NOT_TESTED
+    else:
+        primary_side = primary["difference"] >= -(primary["margin"] if pd.notna(primary["margin"]) else 0.0)
+        verdict = CONSISTENT if (sign * difference >= threshold) == primary_side else NOT_CONSISTENT
+    if claim.against_base and "base" in runs:
+        notes.append(_changes_against_base(claim, measure, results, runs, run_a, run_b, a, b))
+    return _row(
+        claim,
+        "secondary",
+        f"{run_a} vs {run_b}",
+        measure,
+        margin=margin,
+        difference=difference,
+        ci_lo=lo,
+        ci_hi=hi,
+        method="two-way bootstrap, descriptive",
+        n_documents=a[0].numerator.shape[1],
+        n_seeds=f"{a[0].seeds}/{b[0].seeds}",
+        verdict=verdict,
+        note="; ".join(notes),
+    )
+
+
+def _check_same_documents(claim: Claim, a: Sequence[Stratum], b: Sequence[Stratum], run_a: str, run_b: str) -> None:
+    for sa, sb in zip(a, b, strict=True):
+        if sa.documents != sb.documents:
+            shared = len(set(sa.documents) & set(sb.documents))
+            raise UserError(
+                f"{claim.id} ({run_a} vs {run_b}): the two runs hold different {sa.name} documents "
+                f"({len(sa.documents)} vs {len(sb.documents)}, {shared} shared); evaluate both on the same documents"
+            )
+
+
+def _changes_against_base(
+    claim: Claim,
+    measure: Measure,
+    results: Results,
+    runs: Mapping[str, str],
+    run_a: str,
+    run_b: str,
+    a: Sequence[Stratum],
+    b: Sequence[Stratum],
+) -> str:
+    """(a - base) - (b - base) = a - b on the same documents: the note gives each run's change."""
+    base_strata = results.values(runs["base"], measure.scope, measure.metric)
+    base = [pooled(base_strata)] if len(a) == 1 and len(base_strata) > 1 else base_strata
+    if [s.documents for s in base] != [s.documents for s in a]:
+        raise UserError(
+            f"{claim.id}: the base run {runs['base']!r} was evaluated on other {measure.scope} documents than "
+            f"{run_a!r}; evaluate both on the same documents"
+        )
+    score = estimate(base)
+    return f"change vs base: {run_a} {estimate(a) - score:+.3g}, {run_b} {estimate(b) - score:+.3g}"
 
 
 def expert_shares(stats: Mapping) -> pd.DataFrame:
@@ -326,10 +525,13 @@ def expert_shares(stats: Mapping) -> pd.DataFrame:
 
 
 def collapse_row(routing: Mapping[str, Mapping], threshold: float = COLLAPSE_THRESHOLD) -> dict:
-    """C8: the largest expert share over every routing_stats.json given; supported when none exceeds ``threshold``."""
+    """C8, a check and not a test: the largest expert share over every routing_stats.json given; passed
+    when none exceeds ``threshold``."""
     claim = COLLAPSE_CLAIM
+    comparison = f"largest expert share vs {threshold:.2f}"
     if not routing:
-        return _not_evaluated(claim, "med_moe_lora", "threshold", "no routing_stats.json given (--routing)")
+        row = _row(claim, "check", comparison, claim.primary, verdict=NOT_EVALUATED)
+        return row | {"note": "no routing_stats.json given (--routing)"}
     shares = pd.concat(
         [expert_shares(stats).assign(source=label) for label, stats in routing.items()], ignore_index=True
     )
@@ -338,118 +540,43 @@ def collapse_row(routing: Mapping[str, Mapping], threshold: float = COLLAPSE_THR
             f"C8: no soft-routed module in {', '.join(routing)}; give the Med-MoE-LoRA run's routing_stats.json"
         )
     largest = shares.loc[shares["share"].idxmax()]
-    return {
-        "claim": claim.id,
-        "comparison": f"largest expert share vs {threshold:.2f}",
-        "scope": "routing",
-        "metric": "largest_expert_share",
-        "difference": float(largest["share"]),
-        "n_seeds": str(len(routing)),
-        "verdict": SUPPORTED if largest["share"] <= threshold else CONTRADICTED,
-        "note": f"{largest['module']} (layer {largest['layer']}), expert {largest['expert']}, in {largest['source']}",
-    }
+    return _row(
+        claim,
+        "check",
+        comparison,
+        claim.primary,
+        difference=float(largest["share"]),
+        n_seeds=str(len(routing)),
+        verdict=CHECK_PASSED if largest["share"] <= threshold else CHECK_FAILED,
+        note=f"{largest['module']} (layer {largest['layer']}), expert {largest['expert']}, in {largest['source']}",
+    )
 
 
-def _p_text(p_value: float, equals: str = "") -> str:
-    return "<0.001" if p_value < 0.001 else f"{equals}{p_value:.3f}"
+def mean_learned_tau(adapters: Sequence[Path]) -> float | None:
+    """The mean tau over every router of the learnable-tau run's adapters (one per seed); None: none given."""
+    if not adapters:
+        return None
+    return float(pd.concat([read_temperatures(path) for path in adapters], ignore_index=True)["tau"].mean())
 
 
-def _number(value: float, metric: str) -> str:
-    return "" if pd.isna(value) else f"{value:.1f}" if metric == "accuracy" else f"{value:.3f}"
-
-
-def render_claims(table: pd.DataFrame) -> str:
-    """The report's "Claims" section: the table, the verdict rule, how intervals are computed, the
-    smallest detectable effects and, per claim with a stated effect, whether this run could see it."""
-    shown = []
-    for row in table.itertuples(index=False):
-        metric = row.metric if isinstance(row.metric, str) else ""
-        if metric in METRICS:
-            measure = f"{scope_label(row.scope)} {METRICS[metric].label}"
-        else:  # C8's check
-            measure = metric.replace("_", " ") + " (routing weight)" if metric else ""
-        ours = _number(row.difference, metric)
-        if not pd.isna(row.ci_lo):
-            ours += f" [{_number(row.ci_lo, metric)}, {_number(row.ci_hi, metric)}]"
-        shown.append(
-            {
-                "claim": row.claim,
-                "comparison": row.comparison,
-                "measure": measure,
-                "paper": _number(row.paper_effect, metric),
-                "ours [95% interval]": ours,
-                "p": "" if pd.isna(row.p_value) else _p_text(row.p_value),
-                "MDE (80%)": _number(row.mde_80, metric),
-                "documents": "" if pd.isna(row.n_documents) else str(int(row.n_documents)),
-                "seeds": row.n_seeds if isinstance(row.n_seeds, str) else "",
-                "verdict": row.verdict,
-                "note": row.note if isinstance(row.note, str) else "",
-            }
-        )
-    resamples, seed = int(table["resamples"].iloc[0]), int(table["seed"].iloc[0])
-    lines = [
-        "## Claims",
-        "",
-        "Each claim of the paper as our paired difference (the run the paper favours minus the other, same "
-        "documents, seeds pooled) with its 95% interval and a verdict. Accuracy is in points; gold "
-        "log-probability in nats per document.",
-        "",
-        pd.DataFrame.from_records(shown).to_markdown(index=False, disable_numparse=True),  # keep our rounding
-        "",
-        *[f"- {claim.id}: {claim.statement}." for claim in (*CLAIMS, COLLAPSE_CLAIM)],
-        "",
-        f"**Verdict rule.** {VERDICT_RULE} C8 is a check, not a test: supported when no expert of any "
-        f"soft-routed module takes more than {COLLAPSE_THRESHOLD:.0%} of its routing weight, contradicted "
-        "otherwise; the largest share is shown.",
-        "",
-        f"**How intervals are computed.** {INTERVAL_METHOD.format(resamples=resamples, seed=seed)} C7 is a "
-        "difference in differences against the base model, paired on documents; on the same documents it "
-        "equals the difference between the two runs (the note gives each run's change).",
-        "",
-        f"**Smallest detectable effect.** {MDE_METHOD}",
-        "",
-        *_power_sentences(table),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _power_sentences(table: pd.DataFrame) -> list[str]:
-    """A plain sentence per measure where the paper states an effect: could this run have seen it?"""
-    sentences = []
-    for row in table[table["paper_effect"].notna()].itertuples(index=False):
-        what = f"{row.claim} ({scope_label(row.scope)} {METRICS[row.metric].label}, {row.comparison})"
-        unit = " points" if row.metric == "accuracy" else ""
-        effect = f"{abs(row.paper_effect):.1f}{unit}"
-        if pd.isna(row.mde_80):
-            sentences.append(f"- {what}: no document differs between the runs, so this run says nothing about it.")
-        elif row.mde_80 > abs(row.paper_effect):
-            sentences.append(
-                f"- {what}: this run is too small to see the paper's effect ({effect}): it detects only "
-                f"differences of about {row.mde_80:.1f}{unit} or more, so an inconclusive verdict here does not "
-                "speak against the paper."
-            )
-        else:
-            sentences.append(
-                f"- {what}: this run is large enough to see the paper's effect ({effect}; detectable "
-                f"from about {row.mde_80:.1f}{unit})."
-            )
-    sentences += [
-        "",
-        "The paper's effects were measured on Llama-3-8B; on another model they indicate a size, not a "
-        "prediction. Where the paper states no effect, the MDE column is the smallest difference the "
-        "comparison could see: an inconclusive verdict rules out only effects larger than about that.",
-    ]
-    return sentences
-
-
-def _parse_runs(pairs: Sequence[str]) -> dict[str, str]:
-    runs = {}
+def _parse_pairs(pairs: Sequence[str], option: str, example: str) -> dict[str, str]:
+    parsed = {}
     for pair in pairs:
-        role, sep, run = pair.partition("=")
-        if not sep or not role or not run:
-            raise UserError(f"--runs {pair!r}: expected ROLE=RUN, e.g. med_moe_lora=med_moe_lora")
-        runs[role] = run
-    return runs
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{option} {pair!r}: expected KEY=VALUE, e.g. {example}")
+        parsed[key] = value
+    return parsed
+
+
+def _parse_margins(pairs: Sequence[str]) -> dict[str, float]:
+    margins = {}
+    for metric, value in _parse_pairs(pairs, "--margins", "accuracy=1").items():
+        try:
+            margins[metric] = float(value)
+        except ValueError:
+            raise UserError(f"--margins {metric}={value}: the margin must be a number in {metric}'s units") from None
+    return check_margins(margins)
 
 
 def _read_routing(paths: Sequence[Path]) -> dict[str, dict]:
@@ -466,21 +593,31 @@ def _read_routing(paths: Sequence[Path]) -> dict[str, dict]:
 
 @command_main
 def main(argv: list[str] | None = None) -> int:
+    from medmoelora_eval.claims_report import render_claims  # the report's section; not needed to test
+
     parser = argparse.ArgumentParser(prog="python -m medmoelora_eval.claims", description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("results/eval"))
     parser.add_argument("--runs", nargs="+", required=True, metavar="ROLE=RUN", help=f"roles: {', '.join(ROLES)}")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds to pool (seed<k>/); default: all")
     parser.add_argument("--routing", type=Path, nargs="*", default=[], help="Med-MoE-LoRA routing_stats.json files")
-    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap and permutation resamples")
-    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap and permutation draws")
+    parser.add_argument(
+        "--learned-tau", type=Path, nargs="*", default=[], help="the learnable-tau run's adapter_model.safetensors"
+    )
+    parser.add_argument(
+        "--margins", nargs="*", default=[], metavar="METRIC=M", help=f"non-inferiority margins; {DEFAULT_MARGINS}"
+    )
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (secondary rows)")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the bootstrap draws")
     parser.add_argument("--out", type=Path, required=True, help="claims CSV")
     parser.add_argument("--markdown", type=Path, help="also write the report's Claims section here")
     args = parser.parse_args(argv)
     if args.resamples < 1:
         raise UserError(f"--resamples {args.resamples}: must be at least 1 (10000 is the default)")
-    runs = resolve_roles(_parse_runs(args.runs))
+    runs = resolve_roles(_parse_pairs(args.runs, "--runs", "med_moe_lora=med_moe_lora"))
+    margins = _parse_margins(args.margins)
     samples = load_samples(args.eval_dir, runs.values(), args.seeds)
-    table = claims_table(samples, runs, _read_routing(args.routing), CONFIDENCE, args.resamples, args.seed)
+    routing, learned_tau = _read_routing(args.routing), mean_learned_tau(args.learned_tau)
+    table = claims_table(samples, runs, routing, learned_tau, margins, args.resamples, args.seed)
     section = render_claims(table)
     atomic.write_text(args.out, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
     if args.markdown:

@@ -32,10 +32,10 @@ from medmoelora.errors import UserError, command_main
 from medmoelora_eval.samples import METRICS, scope_label
 from medmoelora_eval.stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from medmoelora_eval.tables import decimals
+from medmoelora_eval.temperatures import read_temperatures
 
 VERDICT_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:grey"}
 LAYER = re.compile(r"layers\.(\d+)\.")
-TEMPERATURE_KEY = ".router.log_temperature"
 
 
 def routing_heatmap(stats: dict) -> plt.Figure:
@@ -97,9 +97,11 @@ def forgetting_bars(table: pd.DataFrame) -> plt.Figure:
 
 
 def claims_plot(claims: pd.DataFrame) -> plt.Figure:
-    """Each claim's paired difference (favoured run minus the other) with its 95% interval, one panel per
-    metric; the paper's effect, where it states one, as a cross."""
-    measured = claims[claims["ci_lo"].notna() & claims["metric"].isin(list(METRICS))]
+    """Each claim's primary tests: the paired difference (favoured run minus the other) with its 95%
+    interval, coloured by its unadjusted verdict; the paper's effect, where it states one, as a cross."""
+    if "row" not in claims:
+        raise UserError("the claims table has no 'row' column (an older claims.csv); re-run the claims rule")
+    measured = claims[claims["row"].eq("primary") & claims["ci_lo"].notna() & claims["metric"].isin(list(METRICS))]
     if measured.empty:
         raise UserError("no claim with an interval in the claims table; pass results/claims.csv of a run")
     metrics = list(dict.fromkeys(measured["metric"]))
@@ -123,23 +125,11 @@ def claims_plot(claims: pd.DataFrame) -> plt.Figure:
         ax.set_yticklabels(labels, fontsize="small")
         if stated.any():
             ax.legend(fontsize="small")
-    fig.suptitle("Claims: our difference with its 95% interval (green supported, red contradicted, grey inconclusive)")
+    fig.suptitle(
+        "Claims' primary tests: our difference with its 95% interval (green supported, red contradicted, "
+        "grey inconclusive; before Holm's adjustment, the claims table has the verdicts)"
+    )
     return fig
-
-
-def read_temperatures(adapter: Path) -> pd.DataFrame:
-    """tau = exp(log_temperature) of every router in an adapter, with its module path and layer."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(adapter))
-    rows = [
-        {"module": key.removesuffix(TEMPERATURE_KEY), "layer": int(LAYER.search(key).group(1)), "tau": float(np.exp(t))}
-        for key, t in sorted(tensors.items())
-        if key.endswith(TEMPERATURE_KEY)
-    ]
-    if not rows:
-        raise UserError(f"{adapter} has no {TEMPERATURE_KEY} tensors (LoRA or Multi-LoRA?); pass a soft-routed adapter")
-    return pd.DataFrame.from_records(rows)
 
 
 def temperature_plot(taus: pd.DataFrame) -> plt.Figure:

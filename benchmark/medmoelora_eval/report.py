@@ -30,7 +30,8 @@ import pandas as pd
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
-from medmoelora_eval.claims import expert_shares, render_claims
+from medmoelora_eval.claims import expert_shares
+from medmoelora_eval.claims_report import render_claims
 from medmoelora_eval.mechanisms.report import mechanisms_section
 from medmoelora_eval.precision import expected_precision
 from medmoelora_eval.samples import load_samples
@@ -213,7 +214,7 @@ def base_share_rows(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]) 
 
 def temperature_rows(train_dir: Path, runs: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
     """Per soft-routed run: the routers' tau at the end (mean, min, max over routers and seeds)."""
-    from medmoelora_eval.figures import read_temperatures
+    from medmoelora_eval.temperatures import read_temperatures
 
     rows = []
     for run in runs:

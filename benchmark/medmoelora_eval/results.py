@@ -5,8 +5,11 @@
 
 ``samples`` turns per-task limits into one ``lm_eval --samples`` file (N documents of every task, per
 subject for a group of MMLU subjects, drawn at random with a fixed seed), so that one lm_eval call evaluates every task
-at its own limit. A random draw, not lm_eval's ``--limit`` (the first N): the first 20 documents of
-PubMedQA's test set are all "yes", so a first-N subset rewards a model that always says yes.
+at its own limit; a subject subset (``mmlu_medical=5``) overrides its group's per-subject limit for its
+subjects. A random draw, not lm_eval's ``--limit`` (the first N): the first 20 documents of PubMedQA's
+test set are all "yes", so a first-N subset rewards a model that always says yes. The draw is stratified
+by gold answer in the test set's proportions, so that a small draw cannot tilt the answer mix (an
+unstratified 30 of PubMedQA's test set drew 9 yes / 11 no / 10 maybe against its 55% yes).
 ``split`` reads lm_eval's output directory (``--output_path``, written with ``--log_samples``) and
 writes, for every task, ``<out>/<task>.json`` (score, lm-eval's standard error ``stderr``, the document
 count ``n``, lm-eval's raw entries) and ``<out>/<task>.samples.jsonl``, plus the full results file as
@@ -42,7 +45,7 @@ import json
 import random
 import re
 import sys
-from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,15 @@ from lm_eval.api.metrics import pooled_sample_stderr
 
 from medmoelora import atomic
 from medmoelora.errors import UserError, command_main
-from medmoelora.tasks import EVAL_SPLIT, EVAL_TASKS, RUN_TASKS, check_limits, get_prompt, mmlu_subject_task
+from medmoelora.tasks import (
+    EVAL_SPLIT,
+    EVAL_TASKS,
+    RUN_TASKS,
+    check_limits,
+    get_prompt,
+    mmlu_subject_task,
+    subject_limit_task,
+)
 
 FULL_RESULTS = "lm_eval_results.json"
 SAMPLES_SUFFIX = ".samples.jsonl"
@@ -59,31 +70,57 @@ _SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-
 _NO_ANSWER = "[invalid]"  # what lm-eval's regex filter returns when the pattern does not match
 
 
-def count_documents(data_dir: Path) -> dict[str, tuple[str, int]]:
-    """``{lm-eval leaf task: (the task whose limit applies, test documents)}`` from the prepared data, for
-    every task lm_eval runs; a subject group's leaves are its subjects' tasks."""
-    counts = {}
+def test_documents(data_dir: Path, limits: Mapping[str, int | None]) -> dict[str, tuple[str, list[str | None]]]:
+    """``{lm-eval leaf task: (the task whose limit applies, each test document's gold answer)}`` from the
+    prepared data, for every task lm_eval runs; a subject group's leaves are its subjects' tasks, and a
+    subject takes the limit of the subset it belongs to where ``limits`` names one (mmlu_medical). The
+    gold answer is None for a task without choices (generation, rolling loglikelihood)."""
+    documents = {}
     for task in RUN_TASKS:
         with (data_dir / task.data_task.name / f"{EVAL_SPLIT}.jsonl").open(encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
+        prompt = get_prompt(task.data_task.name)
+        golds = [prompt.answer(record) if prompt.choices is not None else None for record in records]
         if task.subjects:
-            subjects = Counter(record["subject"] for record in records)
-            counts.update({mmlu_subject_task(s): (task.name, n) for s, n in sorted(subjects.items())})
+            for subject in sorted({record["subject"] for record in records}):
+                limit_task = subject_limit_task(subject, limits) or task.name
+                subject_golds = [g for g, r in zip(golds, records, strict=True) if r["subject"] == subject]
+                documents[mmlu_subject_task(subject)] = (limit_task, subject_golds)
         else:
-            counts[task.lm_eval_task] = (task.name, len(records))
-    return counts
+            documents[task.lm_eval_task] = (task.name, golds)
+    return documents
 
 
-def samples(data_dir: Path, limits: dict[str, int | None], seed: int = 0) -> dict[str, list[int]]:
+def stratified_draw(golds: Sequence[str | None], limit: int, key: str) -> list[int]:
+    """``limit`` document indices drawn at random (``key`` seeds the draw), stratified by gold answer in
+    the test set's proportions: each answer gets its share of ``limit`` rounded down, and the documents
+    left over go to the answers with the largest remainders (ties: the more frequent answer, then the
+    answer's text). Documents without a gold answer are one stratum: a plain random draw."""
+    by_gold: dict[str, list[int]] = {}
+    for index, gold in enumerate(golds):
+        by_gold.setdefault("" if gold is None else str(gold), []).append(index)
+    if len(by_gold) == 1:
+        return sorted(random.Random(key).sample(range(len(golds)), limit))
+    shares = {gold: limit * len(indices) / len(golds) for gold, indices in by_gold.items()}
+    quotas = {gold: int(share) for gold, share in shares.items()}
+    by_remainder = sorted(by_gold, key=lambda g: (-(shares[g] - quotas[g]), -len(by_gold[g]), g))
+    for gold in by_remainder[: limit - sum(quotas.values())]:
+        quotas[gold] += 1
+    chosen = [i for gold, n in quotas.items() for i in random.Random(f"{key}-{gold}").sample(by_gold[gold], n)]
+    return sorted(chosen)
+
+
+def samples(data_dir: Path, limits: Mapping[str, int | None], seed: int = 0) -> dict[str, list[int]]:
     """``{lm-eval task: sorted document indices}``: N = the task's limit (per subject for a subject group)
-    drawn with ``seed``, the same for every run; None = all documents."""
+    drawn with ``seed``, stratified by gold answer (`stratified_draw`), the same for every run; None =
+    all documents."""
     out = {}
-    for task, (name, count) in count_documents(data_dir).items():
+    for task, (name, golds) in test_documents(data_dir, limits).items():
         limit = limits[name]
-        if limit is None or limit >= count:
-            out[task] = list(range(count))
+        if limit is None or limit >= len(golds):
+            out[task] = list(range(len(golds)))
         else:
-            out[task] = sorted(random.Random(f"{seed}-{task}").sample(range(count), limit))
+            out[task] = stratified_draw(golds, limit, f"{seed}-{task}")
     return out
 
 

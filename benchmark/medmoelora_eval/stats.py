@@ -1,4 +1,4 @@
-"""Intervals, paired tests, detectable effects and verdicts on per-document evaluation results.
+"""Intervals, paired tests and detectable effects on per-document evaluation results.
 
     python -m medmoelora_eval.stats --eval-dir results/eval --runs base lora med_moe_lora --base base \
         --out results/intervals.csv
@@ -30,11 +30,10 @@ How the numbers are computed (the report cites this text):
 - **p-value.** Two-sided paired sign-flip permutation test (approximate randomisation; scipy's
   ``permutation_test``, exact when 2^n <= resamples): under "A and B are exchangeable" each document's
   two values (each averaged over its run's seeds) are swapped at random. Documents are its unit and it
-  conditions on the trained seeds. A verdict needs both: the interval, which also carries the
-  seed-to-seed variation, and the test, which stays exact where a bootstrap of a handful of documents
-  is too narrow (`VERDICT_RULE`). ``null_difference`` shifts the tested value (the tolerance of an
-  "at least as good" claim): each document's value of A is lowered by it times the document's
-  denominator, which moves the score by exactly that.
+  conditions on the trained seeds. ``null_difference`` shifts the tested value: each document's value
+  of A is lowered by it times the document's denominator, which moves the score by exactly that. The
+  claims are not tested here: their verdicts follow the analysis plan's tests
+  (`medmoelora_eval.endpoints`), which stay valid when two runs rarely disagree.
 - **Smallest detectable effect** at 80% power, two-sided alpha 0.05: (z_0.975 + z_0.8) x SE = 2.80 x SE,
   SE being the standard deviation of the bootstrap differences (with one seed and one task, the paired
   differences' standard error sd / sqrt(n)). A true effect of this size would be found with probability
@@ -78,29 +77,9 @@ INTERVAL_METHOD = (
     "bits per byte is a ratio of sums, resampled as a ratio. p-values: two-sided paired sign-flip "
     "permutation test over documents (each run's seeds averaged)."
 )
-MDE_METHOD = (
-    "The MDE column (80% power, two-sided alpha 0.05) is 2.80 x the standard error of the paired difference "
-    "(the standard deviation of its bootstrap distribution): a true difference of that size would be found "
-    "4 times in 5; a smaller one would mostly end inconclusive."
-)
-
 BEATS = "beats"
 AT_LEAST_AS_GOOD = "at least as good"
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
-NONINFERIORITY_FRACTION = 0.01  # the tolerance of an "at least as good" claim: 1% of the other run's score
-VERDICT_RULE = (
-    "Verdicts follow the 95% interval of our difference (the run the paper favours minus the other, in the "
-    "metric's units; the paper's direction is up for accuracy and gold log-probability, down for Brier score "
-    "and bits per byte). A claim that one run beats another is supported when the whole interval lies on the "
-    "paper's side of zero, contradicted when it lies wholly on the other side, inconclusive when it contains "
-    "zero. A claim that one run is at least as good as another is supported when the whole interval lies on "
-    "the paper's side of -m, contradicted when it lies wholly beyond -m on the other side, inconclusive "
-    f"otherwise, where the tolerance m is {NONINFERIORITY_FRACTION:.0%} of the other run's score (the paper "
-    "treats a general-skill drop of more than about 1% as a loss). Either way the paired permutation test "
-    "of that threshold (0, or -m) must agree, p < 0.05, or the verdict is inconclusive: with few documents "
-    "a bootstrap interval can exclude a value that an exact test cannot reject (two documents that both "
-    "favour one run give an interval above zero, but p = 0.5)."
-)
 
 
 def estimate(strata: Sequence[Stratum]) -> float:
@@ -286,34 +265,6 @@ def paired_comparison(
         resamples=resamples,
         seed=seed,
     )
-
-
-def verdict(
-    lo: float,
-    hi: float,
-    p_value: float,
-    *,
-    higher_is_better: bool = True,
-    kind: str = BEATS,
-    tolerance: float = 0.0,
-) -> str:
-    """`VERDICT_RULE` on an interval [lo, hi] of (favoured run - other run) and the p-value of the paired
-    permutation test of the rule's threshold (0 for BEATS; -tolerance, oriented, for AT_LEAST_AS_GOOD)."""
-    if not higher_is_better:  # orient so that positive is the paper's direction
-        lo, hi = -hi, -lo
-    if kind == BEATS:
-        threshold = 0.0
-    elif kind == AT_LEAST_AS_GOOD:
-        threshold = -abs(tolerance)
-    else:
-        raise ValueError(f"unknown claim kind {kind!r}; use {BEATS!r} or {AT_LEAST_AS_GOOD!r}")
-    if p_value >= ALPHA:  # the exact test does not reject the threshold: no interval alone decides
-        return INCONCLUSIVE
-    if lo > threshold:
-        return SUPPORTED
-    if hi < threshold:
-        return CONTRADICTED
-    return INCONCLUSIVE
 
 
 def score_table(

@@ -211,7 +211,7 @@ def allocation_table(results: Results, rows: dict[str, str], train_dir: Path, se
 def temperature_table(results: Results, rows: dict[str, str], train_dir: Path, seeds: Sequence[int]) -> pd.DataFrame:
     """Table 3: router temperature tau: the medical scores and the mean tau the adapters end with (learned
     or fixed), over routers and seeds."""
-    from medmoelora_eval.figures import read_temperatures
+    from medmoelora_eval.temperatures import read_temperatures
 
     scores = results.available(medical_columns(), list(rows.values()))
     records = []

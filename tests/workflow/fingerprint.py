@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medmoelora_eval.figures import read_temperatures
+from medmoelora_eval.temperatures import read_temperatures
 
 EVAL_TASKS = ("medqa", "pubmedqa", "gsm8k", "mmlu", "general_lm")  # mmlu_medical's and mmlu_general's are mmlu's
 LOG_COLUMNS = ("loss", "lm_loss", "aux_balance", "aux_preservation", "aux_base_l2", "grad_norm")
