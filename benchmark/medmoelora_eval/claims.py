@@ -234,7 +234,7 @@ def check_margins(margins: Mapping[str, float]) -> dict[str, float]:
         if metric not in METRICS:
             raise unknown_name("metric in the margins", metric, METRICS)
         if not margin > 0:
-            raise UserError(f"margin of {metric} is {margin}: a margin must be > 0, in the metric's units")
+            raise UserError(f"margin of {metric} is {margin}: must be > 0, in the metric's units (e.g. accuracy=1)")
     return {**DEFAULT_MARGINS, **margins}
 
 

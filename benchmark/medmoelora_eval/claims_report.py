@@ -104,7 +104,7 @@ def render_claims(table: pd.DataFrame) -> str:
         "",
         "### What this run could have seen",
         "",
-        *_power_sentences(claims),
+        *_power_sentences(table[table["row"] == "primary"]),
         "",
         *_collapse_check(table[table["row"] == "check"]),
     ]
@@ -147,25 +147,27 @@ def _markdown(records: list[dict]) -> str:
     return pd.DataFrame.from_records(records).to_markdown(index=False, disable_numparse=True)  # keep our rounding
 
 
-def _power_sentences(claims: pd.DataFrame) -> list[str]:
-    """Per claim: the smallest effect it could have seen (80% power), or its power at the margin, or why
-    the run cannot say; an inconclusive interval rules out only what lies outside it."""
+def _power_sentences(primaries: pd.DataFrame) -> list[str]:
+    """Per primary test: what its interval rules out, and the smallest effect it could have seen (80%
+    power) or its power at the margin, or why the run cannot say."""
     sentences = []
-    for row in claims.itertuples(index=False):
+    for row in primaries.itertuples(index=False):
         what = f"- {row.claim} ({row.comparison})"
         interval = f"[{_number(row.ci_lo, 'accuracy')}, {_number(row.ci_hi, 'accuracy')}] points"
         if row.verdict in ("not evaluated", "not tested"):
             sentences.append(f"{what}: {row.verdict}; {_text(row.note) or 'see its rows'}.")
         elif not pd.isna(row.power_at_margin):
             sentences.append(
-                f"{what}: if the runs were truly equal, this run would have supported 'no worse than "
-                f"{row.margin:g} points' with probability {row.power_at_margin:.2f}; its interval is {interval}."
+                f"{what}: its interval {interval} rules out effects outside it; if the runs were truly "
+                f"equal, a run of this size would support 'no worse than {row.margin:g} points' with "
+                f"probability {row.power_at_margin:.2f} (power at the margin, one comparison)."
             )
         elif not pd.isna(row.mde_80):
             paper = "" if pd.isna(row.paper_effect) else f"; the paper's effect is {row.paper_effect:.1f}"
             sentences.append(
-                f"{what}: it would find a true difference of {row.mde_80:.1f} points or more with "
-                f"probability {POWER:.0%} (one-sided {ALPHA}){paper}; its interval is {interval}."
+                f"{what}: its interval {interval} rules out effects outside it; a run of this size would "
+                f"find a true difference of {row.mde_80:.1f} points with probability {POWER:.0%} (one-sided "
+                f"{ALPHA}, before Holm's adjustment){paper}."
             )
         elif pd.isna(row.ci_lo):
             sentences.append(f"{what}: {_text(row.note) or 'no interval'}.")

@@ -311,7 +311,10 @@ def document_counts(eval_dir: Path, base: str) -> dict[str, int]:
 
 def render(args: argparse.Namespace, reported: pd.DataFrame) -> str:
     documents = document_counts(args.eval_dir, args.base)
-    claims = pd.read_csv(args.claims, dtype={"n_seeds": str, "note": str, "comparison": str})
+    text_columns = ("row", "comparison", "scope", "metric", "method", "n_seeds", "about", "verdict", "note")
+    claims = pd.read_csv(args.claims, dtype=dict.fromkeys(text_columns, str))
+    if "row" not in claims:
+        raise UserError(f"--claims {args.claims}: no 'row' column (an older claims.csv); re-run the claims rule")
     table1 = next((pd.read_csv(path, converters={0: str}) for path in args.tables if path.stem == "table1"), None)
     lines = header(args.model, args.seeds, documents)
     lines += [render_claims(claims)]

@@ -52,6 +52,7 @@ from typing import Any
 from lm_eval.api.metrics import pooled_sample_stderr
 
 from medmoelora import atomic
+from medmoelora.data.prompts import TaskPrompt
 from medmoelora.errors import UserError, command_main
 from medmoelora.tasks import (
     EVAL_SPLIT,
@@ -80,7 +81,7 @@ def test_documents(data_dir: Path, limits: Mapping[str, int | None]) -> dict[str
         with (data_dir / task.data_task.name / f"{EVAL_SPLIT}.jsonl").open(encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
         prompt = get_prompt(task.data_task.name)
-        golds = [prompt.answer(record) if prompt.choices is not None else None for record in records]
+        golds = [_gold(prompt, record, data_dir / task.data_task.name, n) for n, record in enumerate(records, 1)]
         if task.subjects:
             for subject in sorted({record["subject"] for record in records}):
                 limit_task = subject_limit_task(subject, limits) or task.name
@@ -89,6 +90,16 @@ def test_documents(data_dir: Path, limits: Mapping[str, int | None]) -> dict[str
         else:
             documents[task.lm_eval_task] = (task.name, golds)
     return documents
+
+
+def _gold(prompt: TaskPrompt, record: dict, data: Path, line: int) -> str | None:
+    """A record's gold answer as text; None for a task without choices."""
+    if prompt.choices is None:
+        return None
+    try:
+        return prompt.answer(record)
+    except (KeyError, IndexError, TypeError) as error:
+        raise UserError(f"{data}/{EVAL_SPLIT}.jsonl:{line} has no gold answer ({error}); re-run prepare-data") from None
 
 
 def stratified_draw(golds: Sequence[str | None], limit: int, key: str) -> list[int]:

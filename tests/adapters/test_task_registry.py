@@ -25,6 +25,7 @@ from medmoelora.tasks import (
     check_limits,
     groups_over,
     mmlu_subject_task,
+    subject_limit_task,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,9 +92,17 @@ def test_limits_name_every_run_task_and_nothing_else() -> None:
         check_limits({"medqa": 1, "pubmedq": 1, "gsm8k": 2, "mmlu": 1, "general_lm": 3})
     with pytest.raises(UserError, match="no limit for gsm8k"):
         check_limits({"medqa": 1, "pubmedqa": 1, "mmlu": 1, "general_lm": 3})
-    with pytest.raises(UserError, match=r"unknown task in config eval\.limits 'mmlu_medical'"):
-        limits = {"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "general_lm": 1, "mmlu_medical": 1}
+    with pytest.raises(UserError, match=r"unknown task in config eval\.limits 'mmlu_medicine'"):
+        limits = {"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "general_lm": 1, "mmlu_medicine": 1}
         check_limits(limits, "config eval.limits")
+
+
+def test_a_subject_subset_may_override_its_groups_per_subject_limit() -> None:
+    limits = {"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "general_lm": 1, "mmlu_medical": 5}
+    check_limits(limits)
+    assert subject_limit_task("anatomy", limits) == "mmlu_medical"
+    assert subject_limit_task("astronomy", limits) is None  # mmlu's own limit applies
+    assert subject_limit_task("anatomy", {**limits, "mmlu_medical": None} | {}) == "mmlu_medical"
 
 
 # --- a new evaluation task is one registry entry ------------------------------------------------------

@@ -53,25 +53,27 @@ def test_forgetting_bars_need_interval_columns() -> None:
         figures.forgetting_bars(FORGETTING[["run", "GSM8K change"]])
 
 
-def test_claims_plot_draws_each_difference_with_its_interval_and_the_papers_effect() -> None:
+def test_claims_plot_draws_each_primary_test_with_its_interval_and_the_papers_effect() -> None:
     claims = pd.DataFrame(
         {
-            "claim": ["C1", "C2", "C2", "C8"], "comparison": ["a vs b", "a vs c", "a vs c", "largest"],
-            "scope": ["medical_average", "medqa", "medqa", "routing"],
-            "metric": ["accuracy", "accuracy", "gold_logprob", "largest_expert_share"],
-            "paper_effect": [np.nan, 4.5, np.nan, np.nan], "difference": [2.0, -1.0, 0.1, 0.6],
-            "ci_lo": [0.5, -3.0, 0.02, np.nan], "ci_hi": [3.5, 1.0, 0.2, np.nan],
-            "verdict": ["supported", "inconclusive", "supported", "supported"],
+            "claim": ["C1", "C1", "C2", "C2", "C8"], "row": ["claim", "primary", "primary", "secondary", "check"],
+            "comparison": ["a vs b", "a vs b", "a vs c", "a vs c", "largest"],
+            "scope": ["medical_average", "medical_average", "medqa", "medqa", "routing"],
+            "metric": ["accuracy", "accuracy", "accuracy", "gold_logprob", "largest_expert_share"],
+            "paper_effect": [np.nan, np.nan, 4.5, np.nan, np.nan], "difference": [2.0, 2.0, -1.0, 0.1, 0.6],
+            "ci_lo": [0.5, 0.5, -3.0, 0.02, np.nan], "ci_hi": [3.5, 3.5, 1.0, 0.2, np.nan],
+            "verdict": ["supported", "supported", "inconclusive", "consistent", "passed"],
         }
     )  # fmt: skip
     fig = figures.claims_plot(claims)
-    accuracy, logprob = fig.axes
+    (accuracy,) = fig.axes  # secondaries and C8's check are not drawn; the claim row repeats its primary
     errors = [c for c in accuracy.collections if isinstance(c, LineCollection)]
     spans = sorted((float(s[:, 0].min()), float(s[:, 0].max())) for c in errors for s in c.get_segments())
-    assert spans == [(-3.0, 1.0), (0.5, 3.5)]  # C8's check has no interval and is not drawn
+    assert spans == [(-3.0, 1.0), (0.5, 3.5)]
     crosses = [c for c in accuracy.collections if isinstance(c, PathCollection)]
     assert [c.get_offsets()[:, 0].tolist() for c in crosses] == [[4.5]]  # the paper's MedQA effect
-    assert "gold log-prob" in logprob.get_xlabel()
+    with pytest.raises(figures.UserError, match="no 'row' column"):
+        figures.claims_plot(claims.drop(columns="row"))
 
 
 def write_probe(path, history: list[tuple[int, float]] | None) -> None:

@@ -1,4 +1,4 @@
-"""Bootstrap intervals, the paired test, the detectable effect and the verdict rule, on known answers."""
+"""Bootstrap intervals, the paired permutation test and the detectable effect, on known answers."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from scipy import stats as scipy_stats
 from medmoelora.errors import UserError
 from medmoelora_eval.samples import Stratum
 from medmoelora_eval.stats import (
-    AT_LEAST_AS_GOOD,
-    BEATS,
-    CONTRADICTED,
-    INCONCLUSIVE,
-    SUPPORTED,
     bootstrap,
     estimate,
     minimum_detectable_effect,
@@ -23,7 +18,6 @@ from medmoelora_eval.stats import (
     resampled_scores,
     score_interval,
     sign_flip_p_value,
-    verdict,
 )
 
 SEED = 7
@@ -124,7 +118,6 @@ def test_paired_test_finds_a_planted_difference():
     assert result.difference > 10
     assert result.lo > 0
     assert result.p_value < 0.001
-    assert verdict(result.lo, result.hi, result.p_value) == SUPPORTED
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -134,7 +127,6 @@ def test_paired_test_does_not_find_a_null_difference(seed):
     assert result.difference == 0
     assert result.lo < 0 < result.hi
     assert result.p_value > 0.05
-    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
 def test_p_value_rejects_about_5_percent_of_null_datasets():
@@ -171,42 +163,6 @@ def test_detectable_effect_is_empty_when_no_document_differs():
     result = paired_comparison([same], [same], resamples=200)
     assert math.isnan(result.mde)
     assert result.p_value == 1.0
-    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
-
-
-@pytest.mark.parametrize(
-    ("lo", "hi", "higher_is_better", "expected"),
-    [
-        (0.5, 3.0, True, SUPPORTED),
-        (-3.0, -0.5, True, CONTRADICTED),
-        (-1.0, 2.0, True, INCONCLUSIVE),
-        (-0.2, -0.1, False, SUPPORTED),  # lower is better (bits per byte): below zero is the paper's side
-        (0.1, 0.2, False, CONTRADICTED),
-        (0.0, 0.0, True, INCONCLUSIVE),
-    ],
-)
-def test_verdict_of_a_beats_claim(lo, hi, higher_is_better, expected):
-    assert verdict(lo, hi, 0.01, higher_is_better=higher_is_better, kind=BEATS) == expected
-
-
-@pytest.mark.parametrize(
-    ("lo", "hi", "higher_is_better", "expected"),
-    [
-        (-0.4, 2.0, True, SUPPORTED),  # no worse than the tolerance 0.5: at least as good
-        (-3.0, -0.6, True, CONTRADICTED),  # worse by more than the tolerance
-        (-1.0, -0.2, True, INCONCLUSIVE),  # worse than zero, but not surely beyond the tolerance
-        (-0.3, 0.4, False, SUPPORTED),
-        (0.6, 0.9, False, CONTRADICTED),
-    ],
-)
-def test_verdict_of_an_at_least_as_good_claim(lo, hi, higher_is_better, expected):
-    assert verdict(lo, hi, 0.01, higher_is_better=higher_is_better, kind=AT_LEAST_AS_GOOD, tolerance=0.5) == expected
-
-
-@pytest.mark.parametrize("kind", [BEATS, AT_LEAST_AS_GOOD])
-def test_no_verdict_where_the_exact_test_does_not_reject_the_threshold(kind):
-    assert verdict(0.3, 0.8, 0.05, kind=kind, tolerance=0.5) == INCONCLUSIVE
-    assert verdict(-3.0, -0.6, 0.2, kind=kind, tolerance=0.5) == INCONCLUSIVE
 
 
 def test_two_documents_that_favour_one_run_are_not_enough():
@@ -215,14 +171,12 @@ def test_two_documents_that_favour_one_run_are_not_enough():
     result = paired_comparison([stratum([1.0, 0.6])], [stratum([0.2, 0.1])], resamples=RESAMPLES)
     assert result.lo > 0
     assert result.p_value == pytest.approx(0.5)
-    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
-def test_one_document_gives_p_1_and_no_verdict():
+def test_one_document_gives_p_1():
     # the exact test of one document: its two sign flips are equally extreme (scipy refuses one observation)
     result = paired_comparison([stratum([1.0])], [stratum([0.0])], resamples=RESAMPLES)
     assert result.p_value == 1.0 and result.difference == 1.0
-    assert verdict(result.lo, result.hi, result.p_value) == INCONCLUSIVE
 
 
 def test_shifted_test_is_the_test_of_the_tolerance():
@@ -238,8 +192,3 @@ def test_shifted_test_is_the_test_of_the_tolerance():
     observed = estimate([bits_a]) - estimate([bits_b])
     assert observed == pytest.approx(-0.2, abs=0.01)
     assert sign_flip_p_value([bits_a], [bits_b], resamples=RESAMPLES, null_difference=observed) > 0.9
-
-
-def test_verdict_rejects_an_unknown_kind():
-    with pytest.raises(ValueError, match="unknown claim kind"):
-        verdict(0, 1, 0.01, kind="better")

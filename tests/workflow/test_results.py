@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from medmoelora.errors import UserError
 from medmoelora.tasks import EVAL_TASKS as TASKS
 from medmoelora.tasks import MMLU_MEDICAL_SUBJECTS
 from medmoelora_eval.results import main as results_main
-from medmoelora_eval.results import samples, split
+from medmoelora_eval.results import samples, split, stratified_draw
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "eval" / "fixtures" / "processed"
@@ -35,10 +36,11 @@ def write_task(data: Path, task: str, split: str, records: list[dict]) -> None:
 
 
 def test_samples_are_a_seeded_draw_per_task(tmp_path):
-    write_task(tmp_path, "medqa", "test", [{"id": i} for i in range(50)])
-    write_task(tmp_path, "pubmedqa", "test", [{"id": i} for i in range(30)])
+    write_task(tmp_path, "medqa", "test", [{"id": i, "label": i % 4} for i in range(50)])
+    write_task(tmp_path, "pubmedqa", "test", [{"id": i, "final_decision": "yes"} for i in range(30)])
     write_task(tmp_path, "gsm8k", "test", [{"id": i} for i in range(5)])
-    write_task(tmp_path, "mmlu", "test", [{"subject": s} for s in ["anatomy"] * 9 + ["virology"] * 4])
+    subjects = ["anatomy"] * 9 + ["virology"] * 4
+    write_task(tmp_path, "mmlu", "test", [{"subject": s, "answer": i % 4} for i, s in enumerate(subjects)])
     write_task(tmp_path, "general_lm", "test", [{"id": i} for i in range(20)])
     limits = {"medqa": 10, "pubmedqa": 10, "gsm8k": 8, "mmlu": 3, "general_lm": 6}
     chosen = samples(tmp_path, limits, seed=0)
@@ -51,6 +53,45 @@ def test_samples_are_a_seeded_draw_per_task(tmp_path):
     assert len(chosen["medmoe_mmlu_anatomy"]) == 3 and len(chosen["medmoe_mmlu_virology"]) == 3
     assert len(chosen["medmoe_general_lm"]) == 6 and chosen["medmoe_general_lm"] != list(range(6))
     assert samples(tmp_path, {**limits, "medqa": None})["medmoe_medqa"] == list(range(50))
+
+
+def test_draws_are_stratified_by_gold_answer_in_the_test_sets_proportions(tmp_path):
+    # 55% yes, 34% no, 11% maybe, sorted so that an unstratified first-N or a lucky draw would tilt it
+    answers = ["yes"] * 275 + ["no"] * 170 + ["maybe"] * 55
+    write_task(tmp_path, "medqa", "test", [{"label": i % 4} for i in range(40)])
+    write_task(tmp_path, "pubmedqa", "test", [{"final_decision": answer} for answer in answers])
+    write_task(tmp_path, "gsm8k", "test", [{"answer": f"#### {i}"} for i in range(5)])
+    write_task(tmp_path, "mmlu", "test", [{"subject": s, "answer": i % 4} for i, s in enumerate(["anatomy"] * 12)])
+    write_task(tmp_path, "general_lm", "test", [{"instruction": str(i)} for i in range(20)])
+    limits = {"medqa": 8, "pubmedqa": 30, "gsm8k": 2, "mmlu": 2, "general_lm": 3}
+    for seed in range(5):
+        chosen = samples(tmp_path, limits, seed=seed)
+        drawn = Counter(answers[i] for i in chosen["medmoe_pubmedqa"])
+        assert drawn == {"yes": 17, "no": 10, "maybe": 3}  # 16.5 / 10.2 / 3.3, largest remainders
+        assert Counter(i % 4 for i in chosen["medmoe_medqa"]) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert samples(tmp_path, limits, seed=0) != samples(tmp_path, limits, seed=1)
+    assert stratified_draw(["a", "a", "b"], 2, "k") == stratified_draw(["a", "a", "b"], 2, "k")
+    assert len(stratified_draw([None] * 9, 4, "k")) == 4  # no gold answer: one stratum
+
+
+def test_a_subject_subset_takes_its_own_per_subject_limit(tmp_path):
+    write_task(tmp_path, "medqa", "test", [{"label": 0}] * 5)
+    write_task(tmp_path, "pubmedqa", "test", [{"final_decision": "yes"}] * 5)
+    write_task(tmp_path, "gsm8k", "test", [{"answer": "#### 1"}] * 5)
+    subjects = ["anatomy"] * 9 + ["virology"] * 9
+    write_task(tmp_path, "mmlu", "test", [{"subject": s, "answer": i % 4} for i, s in enumerate(subjects)])
+    write_task(tmp_path, "general_lm", "test", [{"instruction": "x"}] * 5)
+    limits = {"medqa": 2, "pubmedqa": 2, "gsm8k": 1, "mmlu": 1, "general_lm": 1, "mmlu_medical": 5}
+    chosen = samples(tmp_path, limits)
+    assert len(chosen["medmoe_mmlu_anatomy"]) == 5 and len(chosen["medmoe_mmlu_virology"]) == 1
+
+
+def test_a_document_without_its_gold_answer_is_one_line(tmp_path):
+    for task in ("medqa", "pubmedqa", "gsm8k", "general_lm"):
+        write_task(tmp_path, task, "test", [{"label": 0, "final_decision": "no"}])
+    write_task(tmp_path, "mmlu", "test", [{"subject": "anatomy"}])
+    with pytest.raises(UserError, match=r"mmlu/test\.jsonl:1 has no gold answer \('answer'\)"):
+        samples(tmp_path, {"medqa": 1, "pubmedqa": 1, "gsm8k": 1, "mmlu": 1, "general_lm": 1})
 
 
 # ---- split: lm_eval's per-document output, compacted ----------------------------------------------------------

@@ -131,6 +131,7 @@ def test_every_run_is_trained_and_evaluated_per_seed(workdir: Path, raw_dir: Pat
     claims = next(line for line in out.splitlines() if "medmoelora_eval.claims" in line)
     assert "--seeds 0 1" in claims and "results/train/med_moe_lora/seed1/routing_stats.json" in claims
     assert "tau_learnable=med_moe_lora" in claims and "base=base" in claims
+    assert "--learned-tau results/train/med_moe_lora/seed0/adapter_model.safetensors" in claims
 
 
 def test_claim_roles_map_to_configured_runs(workdir: Path, raw_dir: Path, tmp_path: Path) -> None:
@@ -140,12 +141,14 @@ def test_claim_roles_map_to_configured_runs(workdir: Path, raw_dir: Path, tmp_pa
     assert result.returncode == 0, result.stderr + result.stdout
     claims = next(line for line in result.stdout.splitlines() if "medmoelora_eval.claims" in line)
     assert " lora=uniform_moe " in claims and " multi_lora=multi_lora " in claims
+    assert "--margins accuracy=1.0 " in claims  # config/tiny.yaml's margins
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ("claims:\n  runs: {loar: lora}\n", "config claims.runs: unknown role 'loar'"),
+        ("claims:\n  margins: {accuracy: 0}\n", "claims.margins.accuracy"),
         ("claims:\n  runs: {lora: nothing}\n", "config claims.runs names run 'nothing'"),
         ("training:\n  seed: 3\n", "config training.seed: the training seed comes from the top-level `seeds:` list"),
     ],
@@ -173,3 +176,5 @@ def test_gpu_profile_trains_and_evaluates_on_one_gpu(workdir: Path, raw_dir: Pat
     assert "medmoelora train --model resources/models/qwen2.5-1.5b-instruct" in out  # one process, no accelerate
     assert "gpu=1" in out and "--batch_size auto" in out and "dtype=bfloat16" in out
     assert "--seeds 0 1 2" in out and "seeds: [0, 1, 2]" in config
+    # every test document: the default config's mmlu_medical limit must not leak into the merged config
+    assert "--limits medqa=None pubmedqa=None gsm8k=None mmlu=None mmlu_medical=None general_lm=None" in out

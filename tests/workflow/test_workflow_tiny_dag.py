@@ -158,12 +158,19 @@ def test_claims_have_a_verdict_each_and_open_the_report(tiny_run: Path) -> None:
     claims = pd.read_csv(tiny_run / "results/claims.csv")
     assert list(claims.columns) == list(claims_module.COLUMNS)
     assert sorted(set(claims["claim"])) == CLAIMS
-    assert set(claims["verdict"]) <= {SUPPORTED, CONTRADICTED, INCONCLUSIVE}  # every role has a run
-    tested = claims[claims["claim"] != "C8"]
-    assert (tested["ci_lo"] <= tested["difference"]).all() and (tested["difference"] <= tested["ci_hi"]).all()
+    verdicts = claims[claims["row"] == "claim"].set_index("claim")["verdict"]
+    assert list(verdicts.index) == CLAIMS[:-1]  # one verdict per claim, C8 being a check
+    outcomes = {SUPPORTED, CONTRADICTED, INCONCLUSIVE, claims_module.NOT_TESTED}
+    assert set(verdicts) <= outcomes  # every role has a run
+    assert claims.loc[claims["claim"] == "C8", "row"].tolist() == ["check"]
+    assert claims.loc[claims["row"] == "claim", "p_adjusted"].notna().all()
+    measured = claims[claims["row"].isin(["primary", "secondary"]) & claims["ci_lo"].notna()]
+    assert (measured["ci_lo"] <= measured["difference"]).all() and (measured["difference"] <= measured["ci_hi"]).all()
     assert set(claims.loc[claims["claim"] == "C2", "paper_effect"].dropna()) == {4.5}
+    assert (claims.loc[claims["row"] == "primary", "about"] == "these trained models").all()  # one seed
     report = (tiny_run / "results/report.md").read_text(encoding="utf-8")
     assert report.split("\n## ")[1].startswith("Claims\n")
+    assert "verdict (about these trained models)" in report
     assert "not the paper's Llama-3-8B" in report and "Against the paper" not in report
 
 
