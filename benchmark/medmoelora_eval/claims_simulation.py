@@ -35,6 +35,7 @@ from scipy.special import expit
 from scipy.stats import norm
 
 from medmoelora.errors import command_main
+from medmoelora.tasks import EVAL_GSM8K, EVAL_TASKS
 from medmoelora_eval.claims import CLAIMS, DEFAULT_MARGINS, claims_table
 from medmoelora_eval.endpoints import ALPHA, POWER, accuracy_test
 from medmoelora_eval.samples import Stratum
@@ -43,8 +44,8 @@ from medmoelora_eval.stats import SUPPORTED
 REFERENCE = "med_moe_lora"
 OTHER_RUNS = ("lora", "multi_lora", "uniform_moe", "alloc_uniform", "alloc_inverted", "tau_0p5", "tau_1", "tau_2")
 ROLES = {role: role for role in (REFERENCE, *OTHER_RUNS)}
-DOCUMENTS = {"medqa": 30, "pubmedqa": 30, "mmlu_medical": 30, "gsm8k": 30}
-MEDICAL = ("medqa", "pubmedqa", "mmlu_medical")
+MEDICAL = tuple(task.name for task in EVAL_TASKS.values() if task.domain == "medical")  # the medical average
+DOCUMENTS = dict.fromkeys([*MEDICAL, EVAL_GSM8K.name], 30)  # the default design's draw
 REFERENCE_ACCURACY = 0.4
 DISCORDANCE = 0.3  # share of documents two trained runs answer differently (superiority scenarios)
 SPARSE = 0.04  # C6 at the boundary: 4% of documents differ
@@ -82,7 +83,7 @@ def simulate_samples(rng: np.random.Generator, effects: Mapping[str, tuple[float
             planted = delta if file in MEDICAL else 0.0  # GSM8K (C7's endpoint) has no planted effect
             runs[run] = _answers(rng, reference, planted / 100.0, psi)
         for run, correct in runs.items():
-            for column, values in (("run", run), ("file", file), ("task", f"medmoe_{file}")):
+            for column, values in (("run", run), ("file", file), ("task", EVAL_TASKS[file].lm_eval_task)):
                 columns[column].append(np.full(count, values, dtype=object))
             columns["doc_id"].append(np.arange(count))
             columns["correct"].append(correct)

@@ -19,7 +19,7 @@ from medmoelora_eval.claims import CLAIMS, NOT_TESTED, claims_table
 from medmoelora_eval.endpoints import ALPHA
 from medmoelora_eval.stats import SUPPORTED
 
-DATASETS = 200
+DATASETS = 150
 
 
 def bound(rate: float, datasets: int = DATASETS) -> float:
