@@ -10,6 +10,11 @@ import torch
 from medmoelora_eval.lm_model import MedMoELoRALM
 from tests.lm_eval.helpers import load_base, reference_lm, request, save_random_adapter
 
+# Nats. An adapter with every expert disabled computes W0 x through its own layer, not the base model's:
+# on one CPU the two agree bit for bit, but CI's CPU rounded them apart, so equality is to float32 rounding
+# of a loglikelihood of about -11 (its spacing there is 1e-6), far below what any expert moves (asserted).
+TOLERANCE = 1e-5
+
 REQUESTS = [
     request("medmoe_pubmedqa", ("Question: Is aspirin an anticoagulant?\nAnswer:", " yes")),
     request("medmoe_medqa", ("Question: Which organ makes insulin?\nAnswer:", " the pancreas"), doc_id=1),
@@ -25,6 +30,10 @@ def _loglikelihoods(lm) -> torch.Tensor:
     return torch.tensor([value for value, _greedy in lm.loglikelihood(REQUESTS)], dtype=torch.float64)
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=0.0, atol=TOLERANCE)
+
+
 def _lm(tiny_model_dir: Path, adapter: Path, spec: str | None) -> MedMoELoRALM:
     return MedMoELoRALM(
         pretrained=str(tiny_model_dir), adapter=str(adapter), disable_experts=spec, device="cpu", batch_size=1
@@ -36,12 +45,12 @@ def test_every_expert_removed_scores_as_the_base_model_and_none_as_the_adapter(
 ) -> None:
     base = _loglikelihoods(reference_lm(load_base(tiny_model_dir), tiny_model_dir))
     unablated = _loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, None))
-    assert not torch.allclose(unablated, base)
-    assert torch.equal(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "*:*")), base)
-    assert torch.equal(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "base+specialists")), base)
-    assert torch.equal(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "none")), unablated)
+    assert (unablated - base).abs().max() > 100 * TOLERANCE  # the experts move it far beyond the tolerance
+    assert _same(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "*:*")), base)
+    assert _same(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "base+specialists")), base)
+    assert torch.equal(_loglikelihoods(_lm(tiny_model_dir, med_moe_adapter, "none")), unablated)  # one code path
     without_base = _lm(tiny_model_dir, med_moe_adapter, "base")
-    assert not torch.allclose(_loglikelihoods(without_base), unablated)
+    assert (_loglikelihoods(without_base) - unablated).abs().max() > 100 * TOLERANCE
     assert without_base.get_model_info()["disable_experts"] == "base"
     assert set(without_base.disabled_experts) == set(range(without_base.adapted.num_layers))
 
@@ -53,4 +62,5 @@ def test_an_ablated_lora_adapter_is_evaluated_unmerged(tiny_model_dir: Path, tmp
     assert _lm(tiny_model_dir, lora, None).merge
     ablated = _lm(tiny_model_dir, lora, "*:*")
     assert not ablated.merge and ablated.get_model_info()["merged"] is False
-    assert torch.equal(_loglikelihoods(ablated), base)
+    assert (_loglikelihoods(_lm(tiny_model_dir, lora, None)) - base).abs().max() > 100 * TOLERANCE
+    assert _same(_loglikelihoods(ablated), base)

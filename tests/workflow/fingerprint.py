@@ -33,7 +33,7 @@ LOG_COLUMNS += ("temperature_mean", "max_expert_share")
 # it is (measured variation below, mutations' changes above): test_workflow_tiny_dag.py's docstring.
 TOLERANCES: dict[str, tuple[float, float]] = {
     "loglikelihood": (1e-4, 0.0),  # nats, of about -11
-    "log": (0.0, 1e-5),  # per step: loss, lm_loss, aux losses, grad norm, mean tau, largest expert share
+    "log": (1e-7, 1e-5),  # per step: loss, lm_loss, aux losses, grad norm, mean tau, largest expert share
     "final_loss": (0.0, 1e-5),
     "routing": (1e-6, 0.0),  # mean gate of an expert in a layer (a share, 0-1)
     "tau": (1e-5, 0.0),  # learned router temperature, layer mean (about 1)

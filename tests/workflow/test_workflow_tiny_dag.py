@@ -36,7 +36,9 @@ Tolerances (fingerprint.TOLERANCES), from what was measured here against one com
 - loglikelihood, 1e-4 nats: 50 times that. Aux losses off or the router's gradient cut move every
   multiple-choice document (median 1.8e-4, up to 1.0e-3); fixed tau moves them by 6e-6 at most, below
   any safe tolerance after two steps: learned tau shows it instead.
-- logged values and final loss, 1e-5 relative: 100 times the 1e-7 measured. The router's gradient cut
+- logged values and final loss, 1e-5 relative: 100 times the 1e-7 measured; logged values also 1e-7
+  absolute, for the near-zero ones: CI's CPU moved aux_base_l2 (1.5e-4 at step 2, a sum of squares) by
+  3e-9, 2e-5 of it. The router's gradient cut
   moves the grad norm and the balance loss by 1e-3 relative; fixed tau moves the logged mean tau by
   1e-3; aux losses off drops the aux loss columns and moves the final loss by 1e-3 relative.
 - expert shares per layer, 1e-6: 300 times the 3e-9 measured. The router's gradient cut moves them by
