@@ -23,6 +23,10 @@ import lm_eval.tasks
 from lm_eval.__main__ import cli_evaluate
 
 from medmoelora.errors import UserError, command_main
+from medmoelora.tasks import EVAL_TASKS
+
+TASKS_NOT_FOUND = "Tasks not found"  # the start of lm-eval's message for an unknown --tasks name
+SUITE_TASKS = [task.lm_eval_task for task in EVAL_TASKS.values()]
 
 
 class IncludedTasksOnly(lm_eval.tasks.TaskManager):
@@ -57,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with included_tasks_only():
             cli_evaluate()
+    except ValueError as error:  # lm-eval's own check of --tasks, raised as a bare ValueError
+        if not str(error).startswith(TASKS_NOT_FOUND):
+            raise
+        raise UserError(
+            f"--tasks: {error} under --include_path; the suite's tasks are {', '.join(SUITE_TASKS)} "
+            "(`lm_eval ... --tasks list` lists them), or run `lm_eval` itself for lm-eval's built-in tasks"
+        ) from None
     finally:
         sys.argv = saved_argv
     return 0

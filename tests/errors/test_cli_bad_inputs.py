@@ -3,12 +3,16 @@ traceback, nothing left behind. Most fail in validation, before any model or dat
 
 from __future__ import annotations
 
+import errno
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from medmoelora.cli import main
+from medmoelora.data import prepare
 from tests.errors.helpers import (
     RAW_FIXTURES,
     Case,
@@ -29,6 +33,18 @@ def _prepare(i: Inputs, raw: Path = RAW_FIXTURES, *extra: str) -> list[str]:
 
 def _raw(i: Inputs, breaks: Callable[[Path], object]) -> list[str]:
     return _prepare(i, i.raw(breaks))
+
+
+def _prepared(i: Inputs, breaks: Callable[[dict], object]) -> Path:
+    """A copy of the prepared data whose first MedQA training record is changed by ``breaks``."""
+    data = i.dir / "processed"
+    shutil.copytree(i.prepared_data, data)
+    path = data / "medqa" / "train.jsonl"
+    first, *rest = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    record = json.loads(first)
+    breaks(record)
+    path.write_text(json.dumps(record) + "\n" + "".join(rest), encoding="utf-8")
+    return data
 
 
 PREPARE_DATA = [
@@ -256,6 +272,16 @@ TRAIN = [
         r"--model .*model: tokenizer.json is not valid JSON",
     ),
     Case("data missing", lambda i: [*_train(i), "--data", str(i.dir / "absent")], r"--data .*absent does not exist"),
+    Case(
+        "record without domain",
+        lambda i: [*_train(i), "--data", str(_prepared(i, lambda r: r.pop("domain")))],
+        r"medqa/train.jsonl:1: the record has no 'domain' \(prepared records carry id, task_id, domain\)",
+    ),
+    Case(
+        "record with an unknown domain",
+        lambda i: [*_train(i), "--data", str(_prepared(i, lambda r: r.update(domain="legal")))],
+        r"medqa/train.jsonl:1: domain 'legal' is not one of general, medical",
+    ),
 ]
 
 
@@ -321,3 +347,35 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(case: Case, inputs: Inpu
 def test_case_names_are_distinct() -> None:
     ids = [(surface, case.id) for surface, cases in SURFACES.items() for case in cases]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "message"),
+    [
+        ("tempfile.mkdtemp", PermissionError(errno.EACCES, "Permission denied"), r"\(Permission denied\)"),
+        ("medmoelora.data.prepare._write_jsonl", OSError(errno.ENOSPC, "No space left on device"), r"No space left"),
+    ],
+    ids=["unwritable directory", "full disk"],
+)
+def test_prepare_data_that_cannot_be_written_is_one_line(inputs: Inputs, capsys, monkeypatch, where, error, message):
+    # Root ignores permission bits and no test should fill a disk: the failing call is made to fail.
+    writes = []
+
+    def fail(*args: object, **kwargs: object) -> object:
+        writes.append(args)
+        if len(writes) > 2:  # a few files in: the staging directory holds partial output by then
+            raise error
+        return original(*args, **kwargs)
+
+    module, _, name = where.rpartition(".")
+    target = prepare if module == "medmoelora.data.prepare" else __import__(module)
+    original = getattr(target, name)
+    monkeypatch.setattr(target, name, fail)
+    if module == "tempfile":
+        writes.extend([(), ()])  # fail at once: no staging directory can be made
+    case = Case(where, lambda i: _prepare(i), rf"cannot write the prepared data .*{message}.*choose an --out")
+    argv = case.argv(inputs)
+    before = snapshot(inputs.root)
+    capsys.readouterr()
+    status = main(argv)
+    assert_one_line_failure(case, status, capsys.readouterr().err, before, snapshot(inputs.root))

@@ -92,3 +92,14 @@ def test_the_workflows_entry_point_without_an_include_path_says_what_to_add(caps
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "--include_path benchmark/tasks" in error and "`lm_eval` itself" in error
+
+
+def test_the_workflows_entry_point_names_an_unknown_task_in_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "medmoelora_eval.lm_eval_cli", "--model", "dummy"]
+    command += ["--include_path", "benchmark/tasks", "--tasks", "medmoe_medqaa", "--output_path", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --tasks: Tasks not found: medmoe_medqaa under --include_path")
+    assert "medmoe_medqa," in last and not (tmp_path / "out").exists()

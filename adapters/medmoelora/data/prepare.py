@@ -156,35 +156,41 @@ def prepare(
         dropped[split[0]] = dropped.get(split[0], 0) + per_split[_name(split)]["dropped"]
 
     check_out(out)
-    with atomic.replace_directory(out) as tmp:  # an earlier OUT is removed only once the new one is in
-        files = {}
-        for split in progress(sorted(splits)):
-            files[f"{_name(split)}.jsonl"] = _write_jsonl(tmp / f"{_name(split)}.jsonl", splits[split])
-        counts: dict[str, dict[str, int]] = {}
-        for task, split in sorted(splits):
-            counts.setdefault(task, {})[split] = len(splits[task, split])
-        general = [] if options.general_task == "none" else [(options.general_task, "train")]
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "generator": "medmoelora prepare-data",
-            "options": asdict(options),
-            "sources": sources.files,
-            "counts": counts,
-            "files": files,
-            "evaluation_sets": [_name(s) for s in EVAL_SPLITS],
-            "training_mixture": [_name(s) for s in (*MEDICAL_TRAIN, *general)],
-            "mmlu_medical_subjects": list(MMLU_MEDICAL_SUBJECTS),
-            "overlap_check": {
-                "method": METHOD,
+    try:
+        with atomic.replace_directory(out) as tmp:  # an earlier OUT is removed only once the new one is in
+            files = {}
+            for split in progress(sorted(splits)):
+                files[f"{_name(split)}.jsonl"] = _write_jsonl(tmp / f"{_name(split)}.jsonl", splits[split])
+            counts: dict[str, dict[str, int]] = {}
+            for task, split in sorted(splits):
+                counts.setdefault(task, {})[split] = len(splits[task, split])
+            general = [] if options.general_task == "none" else [(options.general_task, "train")]
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "generator": "medmoelora prepare-data",
+                "options": asdict(options),
+                "sources": sources.files,
+                "counts": counts,
+                "files": files,
                 "evaluation_sets": [_name(s) for s in EVAL_SPLITS],
-                "training_splits": [_name(s) for s in training],
-                "dropped": dropped,
-                "dropped_total": sum(dropped.values()),
-                "per_split": per_split,
-                "final_overlap": final,
-            },
-        }
-        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-        (tmp / "manifest.json").write_text(text, encoding="utf-8")
-        check_out(out)  # still replaceable: nothing else took OUT while the files were written
+                "training_mixture": [_name(s) for s in (*MEDICAL_TRAIN, *general)],
+                "mmlu_medical_subjects": list(MMLU_MEDICAL_SUBJECTS),
+                "overlap_check": {
+                    "method": METHOD,
+                    "evaluation_sets": [_name(s) for s in EVAL_SPLITS],
+                    "training_splits": [_name(s) for s in training],
+                    "dropped": dropped,
+                    "dropped_total": sum(dropped.values()),
+                    "per_split": per_split,
+                    "final_overlap": final,
+                },
+            }
+            text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+            (tmp / "manifest.json").write_text(text, encoding="utf-8")
+            check_out(out)  # still replaceable: nothing else took OUT while the files were written
+    except OSError as error:  # an unwritable directory, a full disk: replace_directory left nothing behind
+        raise UserError(
+            f"{error.filename or out}: cannot write the prepared data ({error.strerror}); choose an --out on a "
+            "writable disk with free space"
+        ) from None
     return manifest

@@ -41,12 +41,33 @@ def read_task_records(data_dir: Path, task: str, split: str = "train") -> list[d
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise UserError(f"{path}:{number}: not valid JSON ({error.msg}); re-run prepare-data") from None
+            _check_record(record, path, number)
+            records.append(record)
     if not records:
         raise UserError(f"{path} has no records; re-run prepare-data")
     return records
+
+
+REQUIRED_FIELDS = ("id", "task_id", "domain")  # what training reads of every prepared record
+
+
+def _check_record(record: object, path: Path, number: int) -> None:
+    """A prepared record names its id, task and domain (one of `DOMAINS`): one line naming the file if not."""
+    if not isinstance(record, dict):
+        raise UserError(f"{path}:{number}: not a JSON object; re-run prepare-data")
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise UserError(
+            f"{path}:{number}: the record has no {', '.join(repr(f) for f in missing)} (prepared records carry "
+            f"{', '.join(REQUIRED_FIELDS)}); re-run prepare-data"
+        )
+    if record["domain"] not in DOMAINS:
+        raise UserError(
+            f"{path}:{number}: domain {record['domain']!r} is not one of {', '.join(DOMAINS)}; re-run prepare-data"
+        )
 
 
 def tokenize_example(tokenizer: Any, record: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
