@@ -390,9 +390,9 @@ def _combine(claim: Claim, primaries: list[dict], margin: float | None) -> dict:
     notes = [f"{p['comparison']}: {p['verdict']} ({p['note']})" for p in untested]
     support = max(p["p_value"] for p in tested) if tested and not untested else 1.0
     contradict = min(1.0, len(primaries) * min(p["p_contradict"] for p in tested)) if tested else 1.0
-    if len(primaries) == 1 and tested:
+    if len(primaries) == 1:  # the claim's figures are its one comparison's (a difference even when untested)
         keep = ("difference", "ci_lo", "ci_hi", "method", "mde_80", "power_at_margin", "n_documents", "n_discordant")
-        row |= {key: primaries[0][key] for key in keep}
+        row |= {key: primaries[0].get(key) for key in keep}
     if len(primaries) > 1:
         notes.append(f"each of {len(primaries)} comparisons must be supported: p is their largest")
     seeds = sorted({p["n_seeds"] for p in tested})
