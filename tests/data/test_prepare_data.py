@@ -225,7 +225,7 @@ def test_failure_while_writing_keeps_the_earlier_output(out: Path, tmp_path: Pat
 
     real_write = prepare_module._write_jsonl
     monkeypatch.setattr(prepare_module, "_write_jsonl", failing_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"existing: cannot write the prepared data \(disk full\); choose an --out"):
         run("--raw-dir", str(FIXTURES), "--out", str(existing), *SMALL)
     assert tree(existing) == before
     assert [p.name for p in tmp_path.iterdir()] == ["existing"]

@@ -190,7 +190,7 @@ def prepare(
             check_out(out)  # still replaceable: nothing else took OUT while the files were written
     except OSError as error:  # an unwritable directory, a full disk: replace_directory left nothing behind
         raise UserError(
-            f"{error.filename or out}: cannot write the prepared data ({error.strerror}); choose an --out on a "
-            "writable disk with free space"
+            f"{error.filename or out}: cannot write the prepared data ({error.strerror or error}); choose an "
+            "--out on a writable disk with free space"
         ) from None
     return manifest
