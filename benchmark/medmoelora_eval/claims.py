@@ -27,6 +27,7 @@ per comparison; C6 has three) and its ``secondary`` rows, and last C8's ``check`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -41,7 +42,7 @@ from medmoelora import atomic
 from medmoelora.errors import UserError, command_main, unknown_name
 from medmoelora.routing_stats import COLLAPSE_THRESHOLD
 from medmoelora.tasks import EVAL_GSM8K, EVAL_MEDQA
-from medmoelora_eval.endpoints import ALPHA, EndpointTest, accuracy_test, pooled
+from medmoelora_eval.endpoints import ALPHA, accuracy_test, pooled
 from medmoelora_eval.inference import holm
 from medmoelora_eval.samples import MEDICAL_AVERAGE, METRICS, MMLU_GENERAL, Stratum, has_metric, load_samples, strata
 from medmoelora_eval.stats import (
@@ -54,6 +55,7 @@ from medmoelora_eval.stats import (
     SEED,
     SUPPORTED,
     bootstrap,
+    check_paired,
     estimate,
     percentile_interval,
 )
@@ -333,17 +335,7 @@ def _primary(
     if why_untested:
         notes.insert(0, why_untested)
         verdict = NOT_TESTED
-        test = EndpointTest(
-            test.difference,
-            test.lo,
-            test.hi,
-            float("nan"),
-            float("nan"),
-            test.method,
-            test.n_documents,
-            test.n_discordant,
-            test.n_seeds,
-        )
+        test = dataclasses.replace(test, p_support=float("nan"), p_contradict=float("nan"))
     elif test.p_support < ALPHA:
         verdict = SUPPORTED
     elif test.p_contradict < ALPHA:
@@ -476,13 +468,10 @@ def _secondary(
 
 
 def _check_same_documents(claim: Claim, a: Sequence[Stratum], b: Sequence[Stratum], run_a: str, run_b: str) -> None:
-    for sa, sb in zip(a, b, strict=True):
-        if sa.documents != sb.documents:
-            shared = len(set(sa.documents) & set(sb.documents))
-            raise UserError(
-                f"{claim.id} ({run_a} vs {run_b}): the two runs hold different {sa.name} documents "
-                f"({len(sa.documents)} vs {len(sb.documents)}, {shared} shared); evaluate both on the same documents"
-            )
+    try:
+        check_paired(a, b)
+    except UserError as error:
+        raise UserError(f"{claim.id} ({run_a} vs {run_b}): {error}") from None
 
 
 def _changes_against_base(

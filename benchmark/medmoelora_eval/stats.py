@@ -116,7 +116,7 @@ def bootstrap(
     seed: int = SEED,
 ) -> np.ndarray:
     """(resamples,) bootstrap replicates of score(a), or of score(a) - score(b) on shared document draws."""
-    _check_paired(strata_a, strata_b)
+    check_paired(strata_a, strata_b)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // max(s.numerator.shape[1] for s in strata_a))
     replicates = []
@@ -132,7 +132,8 @@ def bootstrap(
     return np.concatenate(replicates)
 
 
-def _check_paired(strata_a: Sequence[Stratum], strata_b: Sequence[Stratum] | None) -> None:
+def check_paired(strata_a: Sequence[Stratum], strata_b: Sequence[Stratum] | None) -> None:
+    """Two runs compared document by document must hold the same documents of every task."""
     if strata_b is None:
         return
     for a, b in zip(strata_a, strata_b, strict=True):
@@ -163,7 +164,7 @@ def sign_flip_p_value(
 ) -> float:
     """Two-sided paired permutation test of score(a) - score(b) = ``null_difference``, swapping each
     document's two values (each averaged over its run's seeds) at random."""
-    _check_paired(strata_a, strata_b)
+    check_paired(strata_a, strata_b)
     a = np.concatenate([s.numerator.mean(axis=0) for s in strata_a])  # (D,)
     b = np.concatenate([s.numerator.mean(axis=0) for s in strata_b])
     if len(a) < 2:  # one document: both sign flips give the same |difference|, so p = 1 (scipy needs two)
